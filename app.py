@@ -1,0 +1,151 @@
+"""Application factory: configuration, extensions, blueprints, commands, errors."""
+
+import logging
+import sys
+
+from flask import Flask, render_template, request
+from flask_migrate import Migrate
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from config import settings_from_environment
+from models import db
+
+log = logging.getLogger(__name__)
+
+migrate = Migrate()
+csrf = CSRFProtect()
+
+# Paths whose clients are programs: their errors are JSON, never an HTML page.
+JSON_PATH_PREFIXES = ("/personalization/", "/webhooks/", "/healthz")
+# Seconds a client should wait before retrying while the database is down.
+RETRY_AFTER_SECONDS = 30
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Create and configure the Antidote app; `config` overrides the environment."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(settings_from_environment(app.instance_path))
+    if config:
+        app.config.update(config)
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
+    )
+    configure_logging(app)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path) + "/migrations")
+    csrf.init_app(app)
+
+    from personalization_system import PersonalizationEngine
+
+    app.extensions["personalization_engine"] = PersonalizationEngine(
+        popularity_window_days=app.config["POPULARITY_WINDOW_DAYS"]
+    )
+
+    from routes import web
+
+    app.register_blueprint(web)
+
+    from commands import register_commands
+
+    register_commands(app)
+    register_error_handlers(app)
+    register_template_helpers(app)
+    app.after_request(set_security_headers)
+    return app
+
+
+def engine_options(database_url: str) -> dict:
+    """Pick connection-pool options that suit the database in use."""
+    url = make_url(database_url)
+    # Pre-ping drops connections a database restart broke, so the site
+    # recovers by itself after an outage.
+    options = {"pool_pre_ping": True}
+    if url.get_backend_name() == "postgresql":
+        options["connect_args"] = {"connect_timeout": 5}
+    return options
+
+
+def configure_logging(app: Flask) -> None:
+    """Log to stdout at INFO, unless logging was already set up (tests, gunicorn)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stdout,
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def wants_json() -> bool:
+    """Tell whether the client of this request expects JSON errors."""
+    if request.path.startswith(JSON_PATH_PREFIXES):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def is_database_outage(error: BaseException) -> bool:
+    """Tell whether an error means the database cannot be reached right now."""
+    return isinstance(error, OperationalError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer errors with friendly pages for people and JSON for programs."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if wants_json():
+            return {"error": error.description}, error.code
+        template = "errors/404.html" if error.code == 404 else "errors/error.html"
+        return render_template(template, error=error), error.code
+
+    # Flask routes every unhandled exception here, wrapped in InternalServerError.
+    def server_error(error: InternalServerError):
+        db.session.rollback()
+        cause = error.original_exception or error
+        if is_database_outage(cause):
+            log.error("database unavailable on %s: %s", request.path, cause)
+            status, message = 503, "service temporarily unavailable"
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        else:
+            log.error("unhandled error on %s", request.path, exc_info=cause)
+            status, message, headers = 500, "internal server error", {}
+        if wants_json():
+            return {"error": message}, status, headers
+        return render_template("errors/500.html"), status, headers
+
+    app.register_error_handler(InternalServerError, server_error)
+
+
+def register_template_helpers(app: Flask) -> None:
+    """Add the Jinja filters the templates share."""
+
+    @app.template_filter("usd")
+    def usd(amount) -> str:
+        return f"${int(amount):,}"
+
+    @app.template_filter("price_range")
+    def price_range(procedure) -> str:
+        return f"{usd(procedure.price_min)} – {usd(procedure.price_max)}"
+
+
+def set_security_headers(response):
+    """Forbid framing, sniffing and third-party scripts on every response."""
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+app = create_app()

@@ -1,0 +1,160 @@
+"""Fixtures: one suite, two databases (SQLite always, PostgreSQL when reachable)."""
+
+import os
+import secrets
+import socket
+from contextlib import closing
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+# Importing app.py builds its module-level app; give it a key so it does not
+# write one into the checkout's instance/ folder.
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+
+from app import create_app  # noqa: E402
+from demo_catalog import seed_demo_catalog  # noqa: E402
+from models import db  # noqa: E402
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_server_url():
+    """Return the PostgreSQL server to test against, as a SQLAlchemy URL."""
+    return make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL)
+
+
+def skip_or_fail(reason: str):
+    """Skip on a laptop without the service; fail under CI, where it must run."""
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+def admin_connection(url):
+    """Open an autocommit psycopg2 connection to the server's maintenance database."""
+    connection = psycopg2.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
+        connect_timeout=3,
+    )
+    connection.autocommit = True
+    return connection
+
+
+def create_postgres_database(prefix: str = "antidote_test"):
+    """Create a uniquely named throwaway database; return its URL."""
+    server = postgres_server_url()
+    try:
+        connection = admin_connection(server)
+    except psycopg2.OperationalError as error:
+        skip_or_fail(
+            f"PostgreSQL not reachable at {server.host}:{server.port}: {error}"
+        )
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    with closing(connection), connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    return server.set(drivername="postgresql+psycopg2", database=name)
+
+
+def drop_postgres_database(url) -> None:
+    """Drop a throwaway database, disconnecting anyone still using it."""
+    with closing(admin_connection(postgres_server_url())) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+
+def app_config(database_url: str, **overrides) -> dict:
+    """Configuration for a test app on the given database."""
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-only-secret-key",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+    }
+    config.update(overrides)
+    return config
+
+
+def migrate_to_head(database_url: str) -> None:
+    """Build the schema with the project's own migrations."""
+    from flask_migrate import upgrade
+
+    app = create_app(app_config(database_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+def empty_all_tables(app) -> None:
+    """Delete every row, children first, so the next test starts clean."""
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as connection:
+            for table in reversed(db.metadata.sorted_tables):
+                connection.execute(table.delete())
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    return "sqlite:///" + str(tmp_path_factory.mktemp("sqlite") / "antidote.db")
+
+
+@pytest.fixture(scope="session")
+def postgresql_url():
+    url = create_postgres_database()
+    yield url.render_as_string(hide_password=False)
+    drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request):
+    """A migrated database of each kind; every test using it runs on both."""
+    if request.param == "postgresql":
+        request.applymarker(pytest.mark.postgres)
+    url = request.getfixturevalue(f"{request.param}_url")
+    migrate_to_head(url)
+    return url
+
+
+@pytest.fixture
+def backend(database_url) -> str:
+    """The name of the database kind the current test runs on."""
+    return make_url(database_url).get_backend_name()
+
+
+@pytest.fixture
+def app(database_url):
+    app = create_app(app_config(database_url))
+    yield app
+    empty_all_tables(app)
+
+
+@pytest.fixture
+def catalog(app):
+    """Seed the demo catalog into the test database."""
+    with app.app_context():
+        seed_demo_catalog()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,116 @@
+"""Configuration from the environment: defaults, parsing, the generated secret key."""
+
+import stat
+
+import pytest
+
+from config import (
+    ConfigError,
+    env_bool,
+    env_number,
+    load_or_create_secret_key,
+    normalize_database_url,
+    settings_from_environment,
+)
+
+SETTINGS = [
+    "DATABASE_URL",
+    "SECRET_KEY",
+    "PERSONALIZATION_ENABLED",
+    "INTERACTION_RETENTION_DAYS",
+    "AFFINITY_DECAY_RATE",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults(clean_env, tmp_path):
+    settings = settings_from_environment(str(tmp_path))
+    assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/antidote.db"
+    assert settings["PERSONALIZATION_ENABLED"] is True
+    assert settings["INTERACTION_RETENTION_DAYS"] == 90
+    assert settings["AFFINITY_DECAY_RATE"] == 0.95
+
+
+def test_values_from_environment(clean_env, tmp_path):
+    clean_env.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/antidote")
+    clean_env.setenv("SECRET_KEY", "from-the-environment")
+    clean_env.setenv("PERSONALIZATION_ENABLED", "false")
+    clean_env.setenv("INTERACTION_RETENTION_DAYS", "30")
+    clean_env.setenv("AFFINITY_DECAY_RATE", "0.9")
+    settings = settings_from_environment(str(tmp_path))
+    assert (
+        settings["SQLALCHEMY_DATABASE_URI"]
+        == "postgresql+psycopg2://u:p@db.example:5432/antidote"
+    )
+    assert settings["SECRET_KEY"] == "from-the-environment"
+    assert settings["PERSONALIZATION_ENABLED"] is False
+    assert settings["INTERACTION_RETENTION_DAYS"] == 30
+    assert settings["AFFINITY_DECAY_RATE"] == 0.9
+    assert not (tmp_path / "secret_key").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://a@h/db", "postgresql+psycopg2://a@h/db"),
+        ("postgresql://a@h/db", "postgresql+psycopg2://a@h/db"),
+        ("postgresql+psycopg2://a@h/db", "postgresql+psycopg2://a@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_postgres_scheme_is_accepted(url, expected):
+    assert normalize_database_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("TRUE", True), ("yes", True), ("off", False), ("0", False)],
+)
+def test_env_bool_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv("FLAG", raw)
+    assert env_bool("FLAG", not expected) is expected
+
+
+def test_bad_values_are_rejected_with_the_setting_named(monkeypatch):
+    monkeypatch.setenv("FLAG", "maybe")
+    with pytest.raises(ConfigError, match="FLAG must be true or false"):
+        env_bool("FLAG", True)
+    monkeypatch.setenv("DAYS", "ninety")
+    with pytest.raises(ConfigError, match="DAYS must be a int"):
+        env_number("DAYS", 90, int)
+    monkeypatch.setenv("RATE", "1.5")
+    with pytest.raises(ConfigError, match="RATE must be between"):
+        env_number("RATE", 0.95, float, minimum=0.0, maximum=1.0)
+
+
+def test_secret_key_is_generated_once_and_kept(tmp_path):
+    first = load_or_create_secret_key(str(tmp_path))
+    second = load_or_create_secret_key(str(tmp_path))
+    assert first == second
+    assert len(first) == 64
+    key_file = tmp_path / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    other = tmp_path / "elsewhere"
+    assert load_or_create_secret_key(str(other)) != first
+
+
+def test_app_without_secret_key_uses_the_kept_one(clean_env, tmp_path, monkeypatch):
+    from flask import Flask
+
+    from app import create_app
+
+    monkeypatch.setattr(
+        Flask, "auto_find_instance_path", lambda self: str(tmp_path / "instance")
+    )
+    first = create_app()
+    second = create_app()
+    assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
+    assert (
+        first.config["SECRET_KEY"] == (tmp_path / "instance" / "secret_key").read_text()
+    )

@@ -1,0 +1,227 @@
+"""Every page renders with the demo catalog and links where a visitor expects."""
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from models import Category, Doctor, Package, Procedure, UserInteraction, db, utcnow
+
+
+def card_titles(html: str, section_id: str | None = None) -> list[str]:
+    """Return the card headings on a page, or in one section of it."""
+    if section_id:
+        start = html.index(f'id="{section_id}"')
+        html = html[start : html.index("</section>", start)]
+    return re.findall(r"<h3><a[^>]*>([^<]*)</a>", html)
+
+
+def linked_slugs(html: str, kind: str) -> set[str]:
+    return set(re.findall(rf'href="/{kind}/([a-z0-9-]+)"', html))
+
+
+def first(app, model, **filters):
+    with app.app_context():
+        item = db.session.scalars(select(model).filter_by(**filters)).first()
+        db.session.expunge(item)
+        return item
+
+
+def test_home_shows_three_full_sections(client, catalog):
+    html = client.get("/").get_data(as_text=True)
+    assert len(card_titles(html, "categories")) == 6
+    assert len(card_titles(html, "procedures")) == 6
+    assert len(card_titles(html, "doctors")) == 9
+    assert '<h2 id="categories-heading">Categories</h2>' in html
+
+
+def test_home_orders_sections_by_recent_popularity(client, catalog):
+    with catalog.app_context():
+        rhinoplasty = db.session.scalars(
+            select(Procedure).filter_by(slug="rhinoplasty")
+        ).one()
+        doctor = db.session.scalars(select(Doctor).order_by(Doctor.rating)).first()
+        now = utcnow()
+        visits = [("procedure", rhinoplasty.id)] * 3 + [("doctor", doctor.id)] * 2
+        for index, (target_type, target_id) in enumerate(visits):
+            db.session.add(
+                UserInteraction(
+                    user_id=f"visitor{index}",
+                    session_id="s",
+                    interaction_type="view",
+                    target_type=target_type,
+                    target_id=target_id,
+                    timestamp=now,
+                )
+            )
+        # Interest older than the popularity window does not count.
+        for index in range(10):
+            db.session.add(
+                UserInteraction(
+                    user_id=f"old{index}",
+                    session_id="s",
+                    interaction_type="view",
+                    target_type="category",
+                    target_id=rhinoplasty.category_id + 1,
+                    timestamp=now - timedelta(days=60),
+                )
+            )
+        db.session.commit()
+        doctor_name = doctor.name
+    html = client.get("/").get_data(as_text=True)
+    assert card_titles(html, "procedures")[0] == "Rhinoplasty"
+    assert card_titles(html, "categories")[0] == "Facial Surgery"
+    assert card_titles(html, "doctors")[0] == doctor_name
+
+
+def test_category_page_links_all_its_procedures(client, catalog):
+    category = first(catalog, Category, slug="injectables")
+    response = client.get("/categories/injectables")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    with catalog.app_context():
+        expected = set(
+            db.session.scalars(
+                select(Procedure.slug).where(Procedure.category_id == category.id)
+            )
+        )
+    assert expected and expected <= linked_slugs(html, "procedures")
+    assert linked_slugs(html, "doctors")
+
+
+def test_procedure_page_links_its_doctors_and_packages(client, catalog):
+    html = client.get("/procedures/botox").get_data(as_text=True)
+    with catalog.app_context():
+        botox = db.session.scalars(select(Procedure).filter_by(slug="botox")).one()
+        doctors = {d.slug for d in botox.doctors}
+        packages = {p.slug for p in botox.packages}
+    assert doctors and doctors == linked_slugs(html, "doctors")
+    assert packages and packages == linked_slugs(html, "packages")
+    assert 'href="/categories/injectables"' in html
+    assert "$300 – $800" in html
+
+
+def test_doctor_page_links_the_procedures_they_perform(client, catalog):
+    with catalog.app_context():
+        doctor = db.session.scalars(select(Doctor).order_by(Doctor.id)).first()
+        performed = {p.slug for p in doctor.procedures}
+        slug = doctor.slug
+    html = client.get(f"/doctors/{slug}").get_data(as_text=True)
+    assert performed and performed <= linked_slugs(html, "procedures")
+
+
+def test_package_page_shows_price_procedures_and_doctor(client, catalog):
+    with catalog.app_context():
+        package = db.session.scalars(
+            select(Package).filter_by(slug="liquid-facelift")
+        ).one()
+        included = {p.slug for p in package.procedures}
+        doctor_slug = package.doctor.slug
+        price = f"${package.price:,}"
+    html = client.get("/packages/liquid-facelift").get_data(as_text=True)
+    assert included == linked_slugs(html, "procedures")
+    assert linked_slugs(html, "doctors") == {doctor_slug}
+    assert price in html
+
+
+def test_catalog_links_carry_tracking_attributes(client, catalog):
+    html = client.get("/").get_data(as_text=True)
+    links = re.findall(
+        r'<a href="/(categories|procedures|doctors)/[^"]*"\s+([^>]*)>', html
+    )
+    assert links
+    singular = {
+        "categories": "category",
+        "procedures": "procedure",
+        "doctors": "doctor",
+    }
+    for kind, attributes in links:
+        assert f'data-track-type="{singular[kind]}"' in attributes
+        assert re.search(r'data-track-id="\d+"', attributes)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/categories/nope", "/procedures/nope", "/doctors/nope", "/packages/nope", "/x"],
+)
+def test_unknown_pages_show_the_friendly_404(client, catalog, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "couldn't find that page" in response.get_data(as_text=True)
+    assert response.mimetype == "text/html"
+
+
+def test_json_clients_get_json_errors(client):
+    response = client.get("/nope", headers={"Accept": "application/json"})
+    assert response.status_code == 404
+    assert response.is_json and "error" in response.get_json()
+
+
+def test_search_finds_names_and_descriptions(client, catalog):
+    html = client.get("/search?q=lip+filler").get_data(as_text=True)
+    assert "Lip Fillers" in card_titles(html)
+    # "dark circles" is only in Tear Trough Filler's description.
+    html = client.get("/search?q=dark+circles").get_data(as_text=True)
+    assert card_titles(html) == ["Tear Trough Filler"]
+    html = client.get("/search?q=MIAMI").get_data(as_text=True)
+    assert linked_slugs(html, "doctors")
+
+
+def test_search_treats_wildcards_literally(client, catalog):
+    html = client.get("/search?q=%25").get_data(as_text=True)
+    # "%" appears in package descriptions ("15% less"), but must not match everything.
+    assert not linked_slugs(html, "procedures")
+    html = client.get("/search?q=_").get_data(as_text=True)
+    assert "0 results" in html
+
+
+def test_empty_search_invites_a_query(client, catalog):
+    for url in ("/search", "/search?q=", "/search?q=+++"):
+        response = client.get(url)
+        assert response.status_code == 200
+        assert "Type a procedure" in response.get_data(as_text=True)
+
+
+def test_very_long_search_is_cut_not_refused(client, catalog):
+    response = client.get("/search?q=" + "botox " * 2000)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "only its first" in html
+    assert "Botox" in card_titles(html)
+
+
+def test_search_escapes_html(client, catalog):
+    html = client.get("/search?q=<script>alert(1)</script>").get_data(as_text=True)
+    assert "<script>alert(1)" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_privacy_page(client):
+    response = client.get("/privacy")
+    assert response.status_code == 200
+    assert "<h1>Privacy</h1>" in response.get_data(as_text=True)
+
+
+def test_pages_load_nothing_from_other_sites(client, catalog):
+    for path in ("/", "/procedures/botox", "/search?q=botox", "/privacy"):
+        html = client.get(path).get_data(as_text=True)
+        assert not re.search(r'(src|href)="(https?:)?//', html), path
+        assert "<script" not in html  # every page works without JavaScript
+
+
+def test_security_headers(client):
+    response = client.get("/privacy")
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_healthz_reports_the_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_pages_carry_a_csrf_token_for_the_tracker(client):
+    html = client.get("/privacy").get_data(as_text=True)
+    assert re.search(r'<meta name="csrf-token" content="[^"]{20,}">', html)

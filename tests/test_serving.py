@@ -1,0 +1,132 @@
+"""Real servers start and serve the seeded site, as `make run` and `make serve` do."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def flask_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError(f"server did not answer on {url}")
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start a server command; stop it when the test ends."""
+    processes = []
+
+    def start(command: list[str], env: dict, url: str) -> None:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes.append(process)
+        wait_until_up(url, process)
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        process.stdout.close()
+
+
+def server_env(database_url: str) -> dict:
+    env = dict(os.environ)
+    env.update(DATABASE_URL=database_url, SECRET_KEY="serving-test-key")
+    return env
+
+
+def test_make_run_path_serves_the_seeded_site(serve, tmp_path, free_port):
+    env = server_env(f"sqlite:///{tmp_path}/run.db")
+    flask_cli(env, "db", "upgrade")
+    seeded = flask_cli(env, "seed-demo", "--if-empty")
+    assert "Added 8 categories" in seeded.stdout
+    again = flask_cli(env, "seed-demo", "--if-empty")
+    assert "not seeding" in again.stdout
+
+    base = f"http://127.0.0.1:{free_port}"
+    serve(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "app",
+            "run",
+            "--port",
+            str(free_port),
+        ],
+        env,
+        base + "/healthz",
+    )
+    status, html = fetch(base + "/")
+    assert status == 200
+    assert 'id="procedures"' in html and 'data-track-type="doctor"' in html
+    assert fetch(base + "/procedures/rhinoplasty")[0] == 200
+    assert fetch(base + "/procedures/no-such-thing")[0] == 404
+
+
+def test_gunicorn_serves_with_several_workers(serve, catalog, database_url, free_port):
+    env = server_env(database_url)
+    base = f"http://127.0.0.1:{free_port}"
+    serve(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{free_port}",
+            "app:app",
+        ],
+        env,
+        base + "/healthz",
+    )
+    for _ in range(10):
+        status, html = fetch(base + "/")
+        assert status == 200
+        assert 'id="doctors"' in html
