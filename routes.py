@@ -39,6 +39,37 @@ def home():
     )
 
 
+@web.get("/categories")
+def categories():
+    items = db.session.scalars(select(Category).order_by(Category.id)).all()
+    return render_template("categories.html", categories=items)
+
+
+@web.get("/procedures")
+def procedures():
+    items = db.session.scalars(select(Category).order_by(Category.id)).all()
+    return render_template("procedures.html", categories=items)
+
+
+@web.get("/doctors")
+def doctors():
+    city = request.args.get("city", "").strip()
+    cities = db.session.scalars(
+        select(Doctor.city).distinct().order_by(Doctor.city)
+    ).all()
+    statement = select(Doctor).order_by(
+        Doctor.rating.desc(), Doctor.review_count.desc(), Doctor.name
+    )
+    if city:
+        statement = statement.where(Doctor.city == city)
+    return render_template(
+        "doctors.html",
+        doctors=db.session.scalars(statement).all(),
+        cities=cities,
+        city=city,
+    )
+
+
 @web.get("/categories/<slug>")
 def category(slug: str):
     item = get_by_slug(Category, slug)

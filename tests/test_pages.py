@@ -204,7 +204,7 @@ def test_privacy_page(client):
 
 
 def test_pages_load_nothing_from_other_sites(client, catalog):
-    for path in ("/", "/procedures/botox", "/search?q=botox", "/privacy"):
+    for path in ("/", "/procedures/botox", "/doctors", "/search?q=botox", "/privacy"):
         html = client.get(path).get_data(as_text=True)
         assert not re.search(r'(src|href)="(https?:)?//', html), path
         assert "<script" not in html  # every page works without JavaScript
@@ -225,3 +225,22 @@ def test_healthz_reports_the_database(client):
 def test_pages_carry_a_csrf_token_for_the_tracker(client):
     html = client.get("/privacy").get_data(as_text=True)
     assert re.search(r'<meta name="csrf-token" content="[^"]{20,}">', html)
+
+
+def test_index_pages_list_the_whole_catalog(client, catalog):
+    html = client.get("/categories").get_data(as_text=True)
+    assert len(linked_slugs(html, "categories")) == 8
+    html = client.get("/procedures").get_data(as_text=True)
+    assert len(linked_slugs(html, "procedures")) == 60
+    html = client.get("/doctors").get_data(as_text=True)
+    assert len(linked_slugs(html, "doctors")) == 40
+
+
+def test_doctors_can_be_filtered_by_city(client, catalog):
+    with catalog.app_context():
+        in_miami = set(db.session.scalars(select(Doctor.slug).filter_by(city="Miami")))
+    html = client.get("/doctors?city=Miami").get_data(as_text=True)
+    assert in_miami and linked_slugs(html, "doctors") == in_miami
+    assert "Doctors in Miami" in html
+    html = client.get("/doctors?city=Atlantis").get_data(as_text=True)
+    assert "No doctors in this city yet." in html
