@@ -4,19 +4,16 @@ import logging
 import sys
 
 from flask import Flask, render_template, request
-from flask_migrate import Migrate
-from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import settings_from_environment
+from config import fingerprint_key, settings_from_environment
+from extensions import csrf, limiter, migrate
 from models import db
 
 log = logging.getLogger(__name__)
-
-migrate = Migrate()
-csrf = CSRFProtect()
 
 # Paths whose clients are programs: their errors are JSON, never an HTML page.
 JSON_PATH_PREFIXES = ("/personalization/", "/webhooks/", "/healthz")
@@ -34,16 +31,23 @@ def create_app(config: dict | None = None) -> Flask:
         "SQLALCHEMY_ENGINE_OPTIONS",
         engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
     )
+    if not app.config.get("FINGERPRINT_SECRET"):
+        app.config["FINGERPRINT_SECRET"] = fingerprint_key(app.config["SECRET_KEY"])
     configure_logging(app)
+    trust_proxies(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(app.root_path) + "/migrations")
     csrf.init_app(app)
+    limiter.init_app(app)
 
     from personalization_system import PersonalizationEngine
 
     app.extensions["personalization_engine"] = PersonalizationEngine(
-        popularity_window_days=app.config["POPULARITY_WINDOW_DAYS"]
+        fingerprint_secret=app.config["FINGERPRINT_SECRET"],
+        decay_rate=app.config["AFFINITY_DECAY_RATE"],
+        weights=app.config["INTERACTION_WEIGHTS"],
+        popularity_window_days=app.config["POPULARITY_WINDOW_DAYS"],
     )
 
     from routes import web
@@ -55,8 +59,31 @@ def create_app(config: dict | None = None) -> Flask:
     register_commands(app)
     register_error_handlers(app)
     register_template_helpers(app)
+
+    from visitor import current_visitor, set_visitor_cookie
+
+    @app.context_processor
+    def privacy_context() -> dict:
+        return {
+            "visitor": current_visitor(),
+            "consent_mode": app.config["CONSENT_MODE"],
+            "tracker_debounce_ms": app.config["TRACKER_DEBOUNCE_MS"],
+        }
+
+    app.after_request(set_visitor_cookie)
     app.after_request(set_security_headers)
     return app
+
+
+def trust_proxies(app: Flask) -> None:
+    """Take the client address from X-Forwarded-For only behind trusted proxies.
+
+    Without proxies in front, the header is whatever the visitor chose to send, and
+    honouring it would let anyone pick their own identity.
+    """
+    count = app.config["TRUSTED_PROXY_COUNT"]
+    if count > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)
 
 
 def engine_options(database_url: str) -> dict:

@@ -1,10 +1,14 @@
 """Settings read from the environment, in one place."""
 
+import hashlib
+import hmac
+import json
 import os
 import secrets
 from pathlib import Path
 
 SECRET_KEY_FILE = "secret_key"
+CONSENT_MODES = ("opt-out", "opt-in")
 
 
 class ConfigError(ValueError):
@@ -38,6 +42,34 @@ def env_number(name: str, default, kind=float, minimum=None, maximum=None):
     ):
         raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {raw}")
     return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Read a setting that must be one of a few words."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def env_weights(name: str) -> dict[str, float]:
+    """Read overrides of the interaction weight table, as a JSON object."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        weights = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a JSON object, not {raw!r}") from None
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in weights.items()
+    ):
+        raise ConfigError(f"{name} must map event names to numbers, not {raw!r}")
+    return {key: float(value) for key, value in weights.items()}
 
 
 def normalize_database_url(url: str) -> str:
@@ -94,4 +126,31 @@ def settings_from_environment(instance_path: str) -> dict:
         "POPULARITY_WINDOW_DAYS": env_number(
             "POPULARITY_WINDOW_DAYS", 30, int, minimum=1
         ),
+        # Empty means: derive it from SECRET_KEY (see fingerprint_key).
+        "FINGERPRINT_SECRET": os.environ.get("FINGERPRINT_SECRET", ""),
+        "TRUSTED_PROXY_COUNT": env_number("TRUSTED_PROXY_COUNT", 0, int, minimum=0),
+        "CONSENT_MODE": env_choice("CONSENT_MODE", "opt-out", CONSENT_MODES),
+        "VISITOR_COOKIE_DAYS": env_number("VISITOR_COOKIE_DAYS", 365, int, minimum=1),
+        "TRACKER_DEBOUNCE_MS": env_number(
+            "TRACKER_DEBOUNCE_MS", 1000, int, minimum=0, maximum=60000
+        ),
+        "INTERACTION_WEIGHTS": env_weights("INTERACTION_WEIGHTS"),
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        # A ceiling for every request body; endpoints set tighter limits of their own.
+        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+        "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
     }
+
+
+def fingerprint_key(secret_key: str) -> str:
+    """Derive the fingerprint key from SECRET_KEY, so one secret is enough.
+
+    A derived key (not SECRET_KEY itself) keeps the two uses apart: knowing
+    fingerprints tells nothing about the key that signs cookies.
+    """
+    return hmac.new(
+        secret_key.encode(), b"antidote visitor fingerprint v1", hashlib.sha256
+    ).hexdigest()

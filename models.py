@@ -1,6 +1,7 @@
 """Database tables: the catalog (categories, procedures, doctors, packages) and the
 personalization log and affinities."""
 
+import math
 import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -59,6 +60,8 @@ def tune_sqlite(dbapi_connection, _connection_record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # Affinity decay needs power(); not every SQLite build has its math functions.
+    dbapi_connection.create_function("power", 2, math.pow, deterministic=True)
 
 
 doctor_procedures = Table(

@@ -1,14 +1,32 @@
-"""The `web` blueprint: the site's pages and its health check."""
+"""The `web` blueprint: pages, the tracking endpoint, privacy controls, health."""
 
+import json
 import logging
 
-from flask import Blueprint, current_app, render_template, request
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalog import search_catalog
+from extensions import limiter
 from models import Category, Doctor, Package, Procedure, db, doctor_procedures
-from personalization_system import PersonalizationEngine
+from personalization_system import MAX_BATCH_EVENTS, Event, PersonalizationEngine
+from visitor import (
+    browser_fingerprint,
+    current_visitor,
+    forget_visitor_cookie,
+    remember_tracking_choice,
+    visitor_id_from_cookie,
+)
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +34,29 @@ web = Blueprint("web", __name__)
 
 HOME_SECTION_SIZES = {"categories": 6, "procedures": 6, "doctors": 9}
 DOCTORS_ON_CATEGORY_PAGE = 9
+TRACKING_BODY_LIMIT = 64 * 1024
 
 
 def engine() -> PersonalizationEngine:
     """Return the app's engine, created once in the factory."""
     return current_app.extensions["personalization_engine"]
+
+
+def log_page_view(target_type: str = "page", target_id: int | None = None) -> None:
+    """Record this page view for a tracked visitor; a failure never breaks the page."""
+    visitor = current_visitor()
+    if not visitor.tracked:
+        return
+    metadata = {"path": request.path} if target_type == "page" else None
+    try:
+        engine().record_interactions(
+            visitor.id,
+            visitor.session_id,
+            [Event("view", target_type, target_id, metadata)],
+        )
+    except SQLAlchemyError as error:
+        db.session.rollback()
+        log.warning("page view not recorded: %s", error.__class__.__name__)
 
 
 def get_by_slug(model, slug: str):
@@ -30,6 +66,7 @@ def get_by_slug(model, slug: str):
 
 @web.get("/")
 def home():
+    log_page_view()
     ranking = engine()
     return render_template(
         "home.html",
@@ -41,18 +78,21 @@ def home():
 
 @web.get("/categories")
 def categories():
+    log_page_view()
     items = db.session.scalars(select(Category).order_by(Category.id)).all()
     return render_template("categories.html", categories=items)
 
 
 @web.get("/procedures")
 def procedures():
+    log_page_view()
     items = db.session.scalars(select(Category).order_by(Category.id)).all()
     return render_template("procedures.html", categories=items)
 
 
 @web.get("/doctors")
 def doctors():
+    log_page_view()
     city = request.args.get("city", "").strip()
     cities = db.session.scalars(
         select(Doctor.city).distinct().order_by(Doctor.city)
@@ -73,6 +113,7 @@ def doctors():
 @web.get("/categories/<slug>")
 def category(slug: str):
     item = get_by_slug(Category, slug)
+    log_page_view("category", item.id)
     doctors = db.session.scalars(
         select(Doctor)
         .where(
@@ -90,28 +131,134 @@ def category(slug: str):
 
 @web.get("/procedures/<slug>")
 def procedure(slug: str):
-    return render_template("procedure.html", procedure=get_by_slug(Procedure, slug))
+    item = get_by_slug(Procedure, slug)
+    log_page_view("procedure", item.id)
+    return render_template("procedure.html", procedure=item)
 
 
 @web.get("/doctors/<slug>")
 def doctor(slug: str):
-    return render_template("doctor.html", doctor=get_by_slug(Doctor, slug))
+    item = get_by_slug(Doctor, slug)
+    log_page_view("doctor", item.id)
+    return render_template("doctor.html", doctor=item)
 
 
 @web.get("/packages/<slug>")
 def package(slug: str):
-    return render_template("package.html", package=get_by_slug(Package, slug))
+    item = get_by_slug(Package, slug)
+    log_page_view("package", item.id)
+    return render_template("package.html", package=item)
 
 
 @web.get("/search")
 def search():
+    # The query itself arrives as a "search" event from the tracker; the view
+    # records only the page, so a search is not counted twice.
+    log_page_view()
     results = search_catalog(request.args.get("q"))
     return render_template("search.html", results=results)
 
 
 @web.get("/privacy")
 def privacy():
+    # Not logged: reading how we treat data should not create any.
     return render_template("privacy.html")
+
+
+@web.post("/privacy/tracking")
+def set_tracking_choice():
+    """Turn personalization on or off for this browser (consent banner, /privacy)."""
+    choice = request.form.get("choice")
+    if choice not in ("on", "off"):
+        abort(400, description="choice must be 'on' or 'off'")
+    if choice == "on":
+        flash("Personalization is on. You can turn it off here at any time.")
+    else:
+        flash("Personalization is off: nothing about your visits is recorded.")
+    response = redirect(local_path(request.form.get("next")), code=303)
+    return remember_tracking_choice(response, allowed=choice == "on")
+
+
+def local_path(candidate: str | None) -> str:
+    """Return a same-site path to go back to, never another site."""
+    if (
+        candidate
+        and candidate.startswith("/")
+        and not candidate.startswith("//")
+        and "\\" not in candidate
+    ):
+        return candidate
+    return url_for("web.privacy")
+
+
+@web.post("/personalization/track-interaction")
+@limiter.limit(lambda: current_app.config["TRACKING_RATE_LIMIT"])
+def track_interaction():
+    """Store one event or a batch from the tracker; say which were rejected and why."""
+    if not request.is_json:
+        return {"error": "Content-Type must be application/json"}, 415
+    if (request.content_length or 0) > TRACKING_BODY_LIMIT:
+        abort(413, description=f"body is larger than {TRACKING_BODY_LIMIT} bytes")
+    data = request.get_data()
+    if len(data) > TRACKING_BODY_LIMIT:  # chunked bodies carry no length up front
+        abort(413, description=f"body is larger than {TRACKING_BODY_LIMIT} bytes")
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return {"error": "body is not valid JSON"}, 400
+    events, error = unpack_events(payload)
+    if error:
+        return {"error": error}, 400
+    visitor = current_visitor()
+    if not visitor.tracked:
+        return {
+            "accepted": 0,
+            "rejected": [],
+            "ignored": len(events),
+            "reason": f"tracking is off for this visitor ({visitor.blocked_by})",
+        }, 202
+    valid, rejected = engine().validate_events(events)
+    if not valid:
+        return {"error": "no valid events", "accepted": 0, "rejected": rejected}, 400
+    accepted = engine().record_interactions(visitor.id, visitor.session_id, valid)
+    return {"accepted": accepted, "rejected": rejected}, 202
+
+
+def unpack_events(payload) -> tuple[list, str | None]:
+    """Accept one event object or {"events": [...]}; return the list or an error."""
+    if not isinstance(payload, dict):
+        return [], 'body must be a JSON object: one event or {"events": [...]}'
+    if "events" not in payload:
+        return [payload], None
+    if set(payload) != {"events"}:
+        return [], 'a batch must have only the field "events"'
+    events = payload["events"]
+    if not isinstance(events, list) or not events:
+        return [], '"events" must be a non-empty array'
+    if len(events) > MAX_BATCH_EVENTS:
+        return [], f"a batch holds at most {MAX_BATCH_EVENTS} events"
+    return events, None
+
+
+@web.post("/personalization/forget")
+def forget():
+    """Delete everything stored about this browser's visitor, and its cookie.
+
+    Works whatever the privacy state: a visitor who opted out can still erase
+    what was recorded before.
+    """
+    identities = {browser_fingerprint(), visitor_id_from_cookie()} - {None}
+    deleted = engine().forget_visitor(identities)
+    log.info("visitor erased: %s", deleted)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        flash(
+            f"Deleted {deleted['interactions']} recorded interactions and "
+            f"{deleted['affinities']} interest scores."
+        )
+        response = redirect(url_for("web.privacy"), code=303)
+    else:
+        response = current_app.json.response({"deleted": deleted})
+    return forget_visitor_cookie(response)
 
 
 @web.get("/healthz")

@@ -1,6 +1,7 @@
 """Fixtures: one suite, two databases (SQLite always, PostgreSQL when reachable)."""
 
 import os
+import re
 import secrets
 import socket
 from contextlib import closing
@@ -158,3 +159,78 @@ def free_port() -> int:
     with closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+class Browser:
+    """A test client that behaves like one browser: its own address and cookies,
+    and the CSRF token its pages carry, sent the way the tracker sends it."""
+
+    def __init__(self, app, address="203.0.113.7", headers=None):
+        self.client = app.test_client()
+        self.address = address
+        self.headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"}
+        self.headers.update(headers or {})
+        self._token = None
+
+    def get(self, path, **kwargs):
+        return self.client.get(
+            path,
+            headers={**self.headers, **kwargs.pop("headers", {})},
+            environ_base={"REMOTE_ADDR": self.address},
+            **kwargs,
+        )
+
+    def post(self, path, **kwargs):
+        headers = {**self.headers, "X-CSRFToken": self.csrf_token()}
+        headers.update(kwargs.pop("headers", {}))
+        return self.client.post(
+            path, headers=headers, environ_base={"REMOTE_ADDR": self.address}, **kwargs
+        )
+
+    def csrf_token(self) -> str:
+        if self._token is None:
+            html = self.get("/privacy").get_data(as_text=True)
+            self._token = CSRF_META.search(html).group(1)
+        return self._token
+
+    def track(self, *events, **kwargs):
+        body = {"events": list(events)} if len(events) != 1 else events[0]
+        return self.post("/personalization/track-interaction", json=body, **kwargs)
+
+    def cookie(self, name):
+        cookie = self.client.get_cookie(name)
+        return cookie.value if cookie else None
+
+
+@pytest.fixture
+def browser(app):
+    """One visitor's browser against the test app."""
+    return Browser(app)
+
+
+def stored_interactions(app) -> list:
+    """Every interaction row, oldest first, as plain tuples."""
+    from sqlalchemy import select
+
+    from models import UserInteraction
+
+    with app.app_context():
+        return db.session.execute(
+            select(
+                UserInteraction.user_id,
+                UserInteraction.interaction_type,
+                UserInteraction.target_type,
+                UserInteraction.target_id,
+            ).order_by(UserInteraction.id)
+        ).all()
+
+
+def catalog_id(app, model, slug: str) -> int:
+    """The id of a catalog item by slug."""
+    from sqlalchemy import select
+
+    with app.app_context():
+        return db.session.scalar(select(model.id).where(model.slug == slug))

@@ -1,0 +1,11 @@
+"""Flask extensions, created unbound here and bound to the app in the factory."""
+
+from flask_limiter import Limiter
+from flask_migrate import Migrate
+from flask_wtf.csrf import CSRFProtect
+
+from visitor import rate_limit_key
+
+migrate = Migrate()
+csrf = CSRFProtect()
+limiter = Limiter(key_func=rate_limit_key)

@@ -1,0 +1,134 @@
+/*
+ * Antidote tracker: queues clicks on catalog links, search submits and form submits,
+ * and sends them in one batch after a short pause (debounce). No dependencies.
+ *
+ * The server includes this script only for visitors it may track (no GPC, no DNT,
+ * no opt-out, consent given in opt-in mode); it checks the browser's signals again.
+ * Configuration comes from the script tag: data-endpoint, data-debounce-ms.
+ */
+(function () {
+  "use strict";
+
+  var script = document.currentScript;
+  if (!script || !window.fetch || !Element.prototype.closest) return;
+  if (navigator.globalPrivacyControl === true || navigator.doNotTrack === "1") return;
+
+  var endpoint = script.getAttribute("data-endpoint");
+  var debounceMs = parseInt(script.getAttribute("data-debounce-ms"), 10);
+  if (!endpoint) return;
+  if (!(debounceMs >= 0)) debounceMs = 1000;
+
+  var MAX_BATCH = 50; // the endpoint's limit per request
+  var MAX_WAIT_MS = Math.max(5 * debounceMs, 5000); // steady clicking still sends
+  var MAX_QUERY_LENGTH = 200;
+
+  var csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  var csrfToken = csrfMeta ? csrfMeta.getAttribute("content") : "";
+
+  var queue = [];
+  var lastSeen = {}; // event key -> time, to count rapid repeats once
+  var timer = null;
+  var firstQueuedAt = 0;
+
+  function enqueue(event) {
+    var now = Date.now();
+    var key = [event.interaction_type, event.target_type, event.target_id,
+               event.metadata && event.metadata.query].join("|");
+    if (lastSeen[key] !== undefined && now - lastSeen[key] < Math.max(debounceMs, 300)) {
+      return;
+    }
+    lastSeen[key] = now;
+    if (!queue.length) firstQueuedAt = now;
+    queue.push(event);
+    clearTimeout(timer);
+    var wait = Math.min(debounceMs, Math.max(0, firstQueuedAt + MAX_WAIT_MS - now));
+    timer = setTimeout(flush, wait);
+  }
+
+  function flush() {
+    clearTimeout(timer);
+    timer = null;
+    while (queue.length) send(queue.splice(0, MAX_BATCH));
+  }
+
+  function send(events) {
+    try {
+      // keepalive lets the request finish after the page is gone; unlike
+      // sendBeacon it can carry the CSRF header.
+      fetch(endpoint, {
+        method: "POST",
+        keepalive: true,
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+        body: JSON.stringify({ events: events }),
+      }).catch(function () {});
+    } catch (error) {
+      // Tracking must never break the page.
+    }
+  }
+
+  function catalogTarget(element) {
+    var id = parseInt(element.getAttribute("data-track-id"), 10);
+    var type = element.getAttribute("data-track-type");
+    return type && id > 0 ? { target_type: type, target_id: id } : null;
+  }
+
+  document.addEventListener("click", function (event) {
+    var element = event.target.closest("[data-track-type][data-track-id]");
+    var target = element && catalogTarget(element);
+    if (!target) return;
+    enqueue({
+      interaction_type: "click",
+      target_type: target.target_type,
+      target_id: target.target_id,
+      metadata: { path: location.pathname },
+    });
+  }, true);
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form || form.hasAttribute("data-track-ignore")) return;
+    if (form.getAttribute("role") === "search") {
+      var input = form.querySelector('input[type="search"], input[name="q"]');
+      var query = input ? input.value.trim().slice(0, MAX_QUERY_LENGTH) : "";
+      if (query) {
+        enqueue({
+          interaction_type: "search",
+          target_type: "page",
+          target_id: null,
+          metadata: { query: query, path: location.pathname },
+        });
+      }
+      return;
+    }
+    var target = catalogTarget(form) || { target_type: "page", target_id: null };
+    enqueue({
+      interaction_type: "form_submit",
+      target_type: target.target_type,
+      target_id: target.target_id,
+      metadata: {
+        form: form.getAttribute("name") || form.id || form.getAttribute("action") || "",
+        path: location.pathname,
+      },
+    });
+  }, true);
+
+  // Navigation right after a click must lose nothing: send what is queued as the
+  // page goes away.
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "hidden") flush();
+  });
+  window.addEventListener("pagehide", flush);
+
+  window.antidoteTracker = {
+    track: function (interactionType, targetType, targetId, metadata) {
+      enqueue({
+        interaction_type: interactionType,
+        target_type: targetType,
+        target_id: targetId === undefined ? null : targetId,
+        metadata: metadata || null,
+      });
+    },
+    flush: flush,
+  };
+})();

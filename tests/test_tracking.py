@@ -1,0 +1,340 @@
+"""Visitor identity and the tracking endpoint: what is stored, what is refused."""
+
+import hashlib
+import re
+
+import pytest
+
+from app import create_app
+from conftest import Browser, app_config, catalog_id, stored_interactions
+from models import Doctor, Procedure
+from personalization_system import PersonalizationEngine
+
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0"
+
+
+def click(target_type, target_id, **extra):
+    return {
+        "interaction_type": "click",
+        "target_type": target_type,
+        "target_id": target_id,
+        **extra,
+    }
+
+
+# Identity
+
+
+def test_fingerprint_is_32_hex_stable_and_keyed():
+    engine = PersonalizationEngine(fingerprint_secret="key-one")
+    first = engine.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert first == engine.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
+    assert first != engine.create_browser_fingerprint(UA, "198.51.100.5", "en-GB")
+    assert first != engine.create_browser_fingerprint(UA, "198.51.100.4", "fr-FR")
+    other_key = PersonalizationEngine(fingerprint_secret="key-two")
+    assert first != other_key.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
+    # Not a plain hash anyone could recompute by enumerating addresses.
+    for joined in (f"{UA}198.51.100.4en-GB", f"{UA}\n198.51.100.4\nen-GB"):
+        assert first != hashlib.md5(joined.encode()).hexdigest()
+        assert first != hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def test_fingerprint_key_derives_from_secret_key_unless_set(database_url):
+    def fingerprint(**config):
+        app = create_app(app_config(database_url, **config))
+        return app.extensions["personalization_engine"].create_browser_fingerprint(
+            UA, "198.51.100.4", "en"
+        )
+
+    assert fingerprint(SECRET_KEY="a") != fingerprint(SECRET_KEY="b")
+    assert fingerprint(SECRET_KEY="a", FINGERPRINT_SECRET="f") == fingerprint(
+        SECRET_KEY="b", FINGERPRINT_SECRET="f"
+    )
+
+
+def visitor_of_fresh_browser(app, address="203.0.113.7", **headers) -> str:
+    """Visit the home page from a browser with no cookies; return its stored id."""
+    before = len(stored_interactions(app))
+    Browser(app, address=address, headers=headers).get("/")
+    return stored_interactions(app)[before].user_id
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(catalog):
+    first = visitor_of_fresh_browser(catalog, **{"X-Forwarded-For": "192.0.2.1"})
+    second = visitor_of_fresh_browser(catalog, **{"X-Forwarded-For": "192.0.2.2"})
+    assert first == second
+
+
+def test_forwarded_for_is_honoured_behind_a_trusted_proxy(database_url, catalog):
+    app = create_app(app_config(database_url, TRUSTED_PROXY_COUNT=1))
+    first = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "192.0.2.1"})
+    second = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "192.0.2.2"})
+    # A visitor can prepend addresses, but only the proxy's entry is trusted.
+    spoofed = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "6.6.6.6, 192.0.2.1"})
+    assert first != second
+    assert spoofed == first
+
+
+def test_visitor_cookie_keeps_the_id_when_the_address_changes(catalog):
+    phone = Browser(catalog, address="198.51.100.10")
+    phone.get("/")
+    phone.address = "203.0.113.99"  # moved from wifi to mobile data
+    phone.get("/procedures/botox")
+    ids = {row.user_id for row in stored_interactions(catalog)}
+    assert len(ids) == 1
+    # Without the cookie, the new address alone would have made a new visitor.
+    assert visitor_of_fresh_browser(catalog, address="203.0.113.99") not in ids
+
+
+def test_visitor_cookie_is_signed_httponly_and_lax(catalog, browser):
+    response = browser.get("/")
+    header = next(
+        h for h in response.headers.getlist("Set-Cookie") if "antidote_visitor" in h
+    )
+    assert "HttpOnly" in header and "SameSite=Lax" in header
+    tampered = Browser(catalog, address="198.51.100.77")
+    tampered.client.set_cookie("antidote_visitor", "f" * 32)  # unsigned: ignored
+    tampered.get("/")
+    ids = [row.user_id for row in stored_interactions(catalog)]
+    assert "f" * 32 not in ids
+    assert len(set(ids)) == 2
+
+
+def test_session_id_is_kept_across_requests(catalog, browser):
+    from sqlalchemy import select
+
+    from models import UserInteraction, db
+
+    browser.get("/")
+    browser.get("/procedures/botox")
+    with catalog.app_context():
+        sessions = set(db.session.scalars(select(UserInteraction.session_id)))
+    assert len(sessions) == 1
+    assert 0 < len(sessions.pop()) <= 64
+
+
+def test_page_views_are_logged_with_their_target(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    browser.get("/")
+    browser.get("/procedures/botox")
+    browser.get("/privacy")  # never logged
+    browser.get("/procedures/nope")  # 404: nothing viewed
+    rows = stored_interactions(catalog)
+    assert [(r.interaction_type, r.target_type, r.target_id) for r in rows] == [
+        ("view", "page", None),
+        ("view", "procedure", botox),
+    ]
+
+
+# The endpoint
+
+
+def test_single_event_is_accepted(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    response = browser.track(click("procedure", botox, metadata={"from": "home"}))
+    assert response.status_code == 202
+    assert response.get_json() == {"accepted": 1, "rejected": []}
+    assert stored_interactions(catalog)[-1][1:] == ("click", "procedure", botox)
+
+
+def test_batch_keeps_valid_events_and_lists_rejections(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    doctor = catalog_id(catalog, Doctor, "dr-sofia-vargas")
+    response = browser.track(
+        click("procedure", botox),
+        click("procedure", 999_999),
+        {
+            "interaction_type": "search",
+            "target_type": "page",
+            "metadata": {"query": "lips"},
+        },
+        click("doctor", doctor),
+        {"interaction_type": "hover", "target_type": "procedure", "target_id": botox},
+    )
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["accepted"] == 3
+    assert body["rejected"] == [
+        {"index": 1, "error": "no procedure with id 999999"},
+        {
+            "index": 4,
+            "error": "interaction_type must be one of view, click, search, form_submit",
+        },
+    ]
+    kinds = [r.interaction_type for r in stored_interactions(catalog)]
+    assert kinds.count("click") == 2 and kinds.count("search") == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ("not an object", "event must be a JSON object"),
+        (None, "event must be a JSON object"),
+        ({"interaction_type": "view"}, "target_type must be one of"),
+        (
+            {"interaction_type": "view", "target_type": "clinic", "target_id": 1},
+            "target_type must be one of",
+        ),
+        (
+            {"interaction_type": "click", "target_type": "procedure"},
+            "target_id must be an integer",
+        ),
+        (
+            {"interaction_type": "click", "target_type": "procedure", "target_id": "1"},
+            "target_id must be an integer",
+        ),
+        (
+            {
+                "interaction_type": "click",
+                "target_type": "procedure",
+                "target_id": True,
+            },
+            "target_id must be an integer",
+        ),
+        (
+            {"interaction_type": "click", "target_type": "procedure", "target_id": -3},
+            "target_id is out of range",
+        ),
+        (
+            {"interaction_type": "view", "target_type": "page", "target_id": 4},
+            "target_id must be null",
+        ),
+        (
+            {"interaction_type": "view", "target_type": "page", "metadata": [1]},
+            "metadata must be a JSON object",
+        ),
+        (
+            {
+                "interaction_type": "view",
+                "target_type": "page",
+                "metadata": {"x": "y" * 2100},
+            },
+            "metadata is larger than 2048 bytes",
+        ),
+        (
+            {"interaction_type": "search", "target_type": "page", "metadata": {}},
+            "a search event needs metadata.query",
+        ),
+        (
+            {"interaction_type": "view", "target_type": "page", "user_id": "x"},
+            "unknown field(s): user_id",
+        ),
+    ],
+)
+def test_invalid_events_are_rejected_with_the_reason(catalog, browser, event, message):
+    response = browser.post(
+        "/personalization/track-interaction", json={"events": [event]}
+    )
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["accepted"] == 0 and body["error"] == "no valid events"
+    assert body["rejected"][0]["index"] == 0
+    assert message in body["rejected"][0]["error"]
+    assert stored_interactions(catalog) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ("{not json", 400, "body is not valid JSON"),
+        ("[1, 2]", 400, "body must be a JSON object"),
+        ('{"events": {}}', 400, '"events" must be a non-empty array'),
+        ('{"events": []}', 400, '"events" must be a non-empty array'),
+        ('{"events": [], "extra": 1}', 400, 'only the field "events"'),
+        ("[" * 50_000 + "]" * 50_000, 413, None),
+        ("[" * 20_000 + "]" * 20_000, 400, "body is not valid JSON"),
+    ],
+)
+def test_malformed_bodies_get_a_clear_error(catalog, browser, body, status, message):
+    response = browser.post(
+        "/personalization/track-interaction",
+        data=body,
+        content_type="application/json",
+    )
+    assert response.status_code == status
+    assert response.is_json and "error" in response.get_json()
+    if message:
+        assert message in response.get_json()["error"]
+    assert stored_interactions(catalog) == []
+
+
+def test_batches_are_capped_at_50_events(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    response = browser.track(*[click("procedure", botox)] * 51)
+    assert response.status_code == 400
+    assert "at most 50" in response.get_json()["error"]
+    assert browser.track(*[click("procedure", botox)] * 50).get_json()["accepted"] == 50
+
+
+def test_bodies_over_64_kb_are_refused(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    events = [
+        click("procedure", botox, metadata={"pad": "x" * 1500}) for _ in range(45)
+    ]
+    response = browser.track(*events)
+    assert response.status_code == 413
+    assert "error" in response.get_json()
+    assert stored_interactions(catalog) == []
+
+
+def test_wrong_content_type_is_refused(catalog, browser):
+    response = browser.post(
+        "/personalization/track-interaction",
+        data='{"interaction_type": "view", "target_type": "page"}',
+        content_type="text/plain",
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]
+
+
+def test_tracking_without_the_csrf_token_is_refused(catalog):
+    client = catalog.test_client()
+    client.get("/")
+    response = client.post(
+        "/personalization/track-interaction",
+        json={"interaction_type": "view", "target_type": "page"},
+    )
+    assert response.status_code == 400
+    assert "CSRF" in response.get_json()["error"]
+    assert [
+        r for r in stored_interactions(catalog) if r.interaction_type != "view"
+    ] == []
+
+
+def test_tracking_is_rate_limited_per_visitor(database_url, catalog):
+    app = create_app(app_config(database_url, TRACKING_RATE_LIMIT="3 per minute"))
+    visitor = Browser(app)
+    event = {"interaction_type": "view", "target_type": "page"}
+    for _ in range(3):
+        assert visitor.track(event).status_code == 202
+    refused = visitor.track(event)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "error" in refused.get_json()
+    # Another visitor is not affected.
+    assert Browser(app, address="198.51.100.200").track(event).status_code == 202
+
+
+def test_rate_limits_can_live_in_redis(database_url, catalog):
+    import redis
+
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379/0").ping()
+    except redis.ConnectionError as error:
+        from conftest import skip_or_fail
+
+        skip_or_fail(f"Redis not reachable on 127.0.0.1:6379: {error}")
+    app = create_app(
+        app_config(
+            database_url,
+            RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
+            TRACKING_RATE_LIMIT="2 per minute",
+            RATELIMIT_KEY_PREFIX=f"antidote-test-{id(app_config)}",
+        )
+    )
+    visitor = Browser(
+        app, address="198.51.100.123", headers={"User-Agent": str(id(app))}
+    )
+    event = {"interaction_type": "view", "target_type": "page"}
+    assert [visitor.track(event).status_code for _ in range(3)] == [202, 202, 429]
