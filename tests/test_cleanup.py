@@ -1,0 +1,127 @@
+"""`flask personalization cleanup`: retention of interactions and faded affinities."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from app import create_app
+from conftest import app_config, catalog_id
+from models import Category, UserCategoryAffinity, UserInteraction, db, utcnow
+
+
+def add_interactions(app, ages_in_days: list[float]) -> None:
+    now = utcnow()
+    with app.app_context():
+        db.session.execute(
+            insert(UserInteraction),
+            [
+                {
+                    "user_id": f"visitor{i}",
+                    "session_id": "s",
+                    "interaction_type": "view",
+                    "target_type": "page",
+                    "timestamp": now - timedelta(days=age),
+                }
+                for i, age in enumerate(ages_in_days)
+            ],
+        )
+        db.session.commit()
+
+
+def add_affinity(app, user_id: str, score: float, age_in_days: float) -> None:
+    category = catalog_id(app, Category, "injectables")
+    with app.app_context():
+        db.session.add(
+            UserCategoryAffinity(
+                user_id=user_id,
+                category_id=category,
+                affinity_score=score,
+                last_updated=utcnow() - timedelta(days=age_in_days),
+            )
+        )
+        db.session.commit()
+
+
+def interaction_ages(app) -> list[int]:
+    now = utcnow()
+    with app.app_context():
+        stamps = db.session.scalars(select(UserInteraction.timestamp)).all()
+    return sorted(
+        round((now - (s if s.tzinfo else s.replace(tzinfo=now.tzinfo))).days)
+        for s in stamps
+    )
+
+
+def affinity_users(app) -> set[str]:
+    with app.app_context():
+        return set(db.session.scalars(select(UserCategoryAffinity.user_id)))
+
+
+@pytest.fixture
+def history(catalog):
+    add_interactions(catalog, [1, 30, 89, 91, 120, 400, 400])
+    add_affinity(catalog, "fresh", 0.5, 10)  # 0.5 * 0.95^10 = 0.30: kept
+    add_affinity(catalog, "faded", 0.5, 100)  # 0.5 * 0.95^100 = 0.003: deleted
+    add_affinity(catalog, "strong-old", 1.0, 80)  # 1.0 * 0.95^80 = 0.0165: kept
+    return catalog
+
+
+def test_dry_run_counts_and_deletes_nothing(history, runner):
+    result = runner.invoke(args=["personalization", "cleanup", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "Would delete 4 interactions older than 90 days and 1 affinities" in (
+        result.output
+    )
+    assert len(interaction_ages(history)) == 7
+    assert affinity_users(history) == {"fresh", "faded", "strong-old"}
+
+
+def test_cleanup_deletes_only_what_is_past_the_cutoff(history, runner):
+    result = runner.invoke(args=["personalization", "cleanup", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Deleted 4 interactions older than 90 days and 1 affinities" in result.output
+    assert interaction_ages(history) == [1, 30, 89]
+    assert affinity_users(history) == {"fresh", "strong-old"}
+    again = runner.invoke(args=["personalization", "cleanup"])
+    assert "Deleted 0 interactions" in again.output
+
+
+def test_days_option_overrides_the_retention_setting(history, runner):
+    result = runner.invoke(args=["personalization", "cleanup", "--days", "20"])
+    assert result.exit_code == 0
+    assert interaction_ages(history) == [1]
+
+
+def test_retention_setting_is_the_default(database_url, history):
+    app = create_app(app_config(database_url, INTERACTION_RETENTION_DAYS=365))
+    result = app.test_cli_runner().invoke(args=["personalization", "cleanup"])
+    assert "older than 365 days" in result.output
+    assert interaction_ages(app) == [1, 30, 89, 91, 120]
+
+
+def test_deletes_in_batches_each_committed(history):
+    with history.app_context():
+        engine = history.extensions["personalization_engine"]
+        old = engine.expired_interactions(utcnow() - timedelta(days=90))
+        assert engine.count(old) == 4
+        batches = []
+        for deleted in engine.delete_in_batches(UserInteraction, old, batch_size=3):
+            batches.append(deleted)
+            # Each batch is committed before the next: another session sees it.
+            with db.engine.connect() as other:
+                remaining = other.execute(
+                    select(func.count()).select_from(UserInteraction)
+                ).scalar()
+            assert remaining == 7 - sum(batches)
+        assert batches == [3, 1]
+
+
+def test_bad_options_and_failures_exit_non_zero(history, runner, tmp_path):
+    result = runner.invoke(args=["personalization", "cleanup", "--days", "0"])
+    assert result.exit_code != 0
+    assert "--days" in result.output
+    unmigrated = create_app(app_config(f"sqlite:///{tmp_path}/empty.db"))
+    result = unmigrated.test_cli_runner().invoke(args=["personalization", "cleanup"])
+    assert result.exit_code == 1
+    assert "cleanup failed" in result.output
