@@ -4,9 +4,9 @@ import hashlib
 import re
 
 import pytest
+from helpers import Browser, app_config, catalog_id, stored_interactions
 
 from app import create_app
-from conftest import Browser, app_config, catalog_id, stored_interactions
 from models import Doctor, Procedure
 from personalization_system import PersonalizationEngine
 
@@ -322,7 +322,7 @@ def test_rate_limits_can_live_in_redis(database_url, catalog):
     try:
         redis.Redis.from_url("redis://127.0.0.1:6379/0").ping()
     except redis.ConnectionError as error:
-        from conftest import skip_or_fail
+        from helpers import skip_or_fail
 
         skip_or_fail(f"Redis not reachable on 127.0.0.1:6379: {error}")
     app = create_app(

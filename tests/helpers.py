@@ -1,0 +1,189 @@
+"""Test helpers: throwaway databases, app configuration, a browser-like client."""
+
+import os
+import re
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from contextlib import closing
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from models import db
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_server_url():
+    """Return the PostgreSQL server to test against, as a SQLAlchemy URL."""
+    return make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL)
+
+
+def skip_or_fail(reason: str):
+    """Skip on a laptop without the service; fail under CI, where it must run."""
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+def admin_connection(url):
+    """Open an autocommit psycopg2 connection to the server's maintenance database."""
+    connection = psycopg2.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
+        connect_timeout=3,
+    )
+    connection.autocommit = True
+    return connection
+
+
+def create_postgres_database(prefix: str = "antidote_test"):
+    """Create a uniquely named throwaway database; return its URL."""
+    server = postgres_server_url()
+    try:
+        connection = admin_connection(server)
+    except psycopg2.OperationalError as error:
+        skip_or_fail(
+            f"PostgreSQL not reachable at {server.host}:{server.port}: {error}"
+        )
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    with closing(connection), connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    return server.set(drivername="postgresql+psycopg2", database=name)
+
+
+def drop_postgres_database(url) -> None:
+    """Drop a throwaway database, disconnecting anyone still using it."""
+    with closing(admin_connection(postgres_server_url())) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+
+def app_config(database_url: str, **overrides) -> dict:
+    """Configuration for a test app on the given database."""
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-only-secret-key",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+    }
+    config.update(overrides)
+    return config
+
+
+def migrate_to_head(database_url: str) -> None:
+    """Build the schema with the project's own migrations."""
+    from flask_migrate import upgrade
+
+    app = create_app(app_config(database_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+def empty_all_tables(app) -> None:
+    """Delete every row, children first, so the next test starts clean."""
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as connection:
+            for table in reversed(db.metadata.sorted_tables):
+                connection.execute(table.delete())
+        db.engine.dispose()
+
+
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+class Browser:
+    """A test client that behaves like one browser: its own address and cookies,
+    and the CSRF token its pages carry, sent the way the tracker sends it."""
+
+    def __init__(self, app, address="203.0.113.7", headers=None):
+        self.client = app.test_client()
+        self.address = address
+        self.headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"}
+        self.headers.update(headers or {})
+        self._token = None
+
+    def get(self, path, **kwargs):
+        return self.client.get(
+            path,
+            headers={**self.headers, **kwargs.pop("headers", {})},
+            environ_base={"REMOTE_ADDR": self.address},
+            **kwargs,
+        )
+
+    def post(self, path, **kwargs):
+        headers = {**self.headers, "X-CSRFToken": self.csrf_token()}
+        headers.update(kwargs.pop("headers", {}))
+        return self.client.post(
+            path, headers=headers, environ_base={"REMOTE_ADDR": self.address}, **kwargs
+        )
+
+    def csrf_token(self) -> str:
+        if self._token is None:
+            html = self.get("/privacy").get_data(as_text=True)
+            self._token = CSRF_META.search(html).group(1)
+        return self._token
+
+    def track(self, *events, **kwargs):
+        body = {"events": list(events)} if len(events) != 1 else events[0]
+        return self.post("/personalization/track-interaction", json=body, **kwargs)
+
+    def cookie(self, name):
+        cookie = self.client.get_cookie(name)
+        return cookie.value if cookie else None
+
+
+def stored_interactions(app) -> list:
+    """Every interaction row, oldest first, as plain tuples."""
+    from sqlalchemy import select
+
+    from models import UserInteraction
+
+    with app.app_context():
+        return db.session.execute(
+            select(
+                UserInteraction.user_id,
+                UserInteraction.interaction_type,
+                UserInteraction.target_type,
+                UserInteraction.target_id,
+            ).order_by(UserInteraction.id)
+        ).all()
+
+
+def catalog_id(app, model, slug: str) -> int:
+    """The id of a catalog item by slug."""
+    from sqlalchemy import select
+
+    with app.app_context():
+        return db.session.scalar(select(model.id).where(model.slug == slug))
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError(f"server did not answer on {url}")
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
