@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import fetch, wait_until_up
+from helpers import fetch, gunicorn_command, wait_until_up
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -90,16 +90,7 @@ def test_gunicorn_serves_with_several_workers(serve, catalog, database_url, free
     env = server_env(database_url)
     base = f"http://127.0.0.1:{free_port}"
     serve(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            "2",
-            "--bind",
-            f"127.0.0.1:{free_port}",
-            "app:app",
-        ],
+        gunicorn_command(free_port),
         env,
         base + "/healthz",
     )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import skip_or_fail, wait_until_up
+from helpers import gunicorn_command, skip_or_fail, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -76,16 +76,7 @@ def live_site(tmp_path_factory):
             flask + args, cwd=PROJECT, env=env, check=True, capture_output=True
         )
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            "2",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "app:app",
-        ],
+        gunicorn_command(port),
         cwd=PROJECT,
         env=env,
         stdout=subprocess.PIPE,
