@@ -138,10 +138,62 @@ def settings_from_environment(instance_path: str) -> dict:
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
         "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
         "RATELIMIT_HEADERS_ENABLED": True,
+        "POPULARITY_DECAY_RATE": env_number(
+            "POPULARITY_DECAY_RATE", 0.9, float, minimum=0.0, maximum=1.0
+        ),
+        "POPULARITY_CACHE_SECONDS": env_number(
+            "POPULARITY_CACHE_SECONDS", 60.0, float, minimum=0.0
+        ),
+        "COVISITATION_WEIGHT": env_number(
+            "COVISITATION_WEIGHT", 0.4, float, minimum=0.0, maximum=1.0
+        ),
+        **personalize_settings(),
         "SESSION_COOKIE_SAMESITE": "Lax",
         # A ceiling for every request body; endpoints set tighter limits of their own.
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
+    }
+
+
+def personalize_settings() -> dict:
+    """AWS Personalize settings; all optional, the local engine needs none."""
+    return {
+        "AWS_PERSONALIZE_ENABLED": env_bool("AWS_PERSONALIZE_ENABLED", False),
+        "AWS_PERSONALIZE_CAMPAIGN_ARN": os.environ.get(
+            "AWS_PERSONALIZE_CAMPAIGN_ARN", ""
+        ),
+        "AWS_PERSONALIZE_SIMS_CAMPAIGN_ARN": os.environ.get(
+            "AWS_PERSONALIZE_SIMS_CAMPAIGN_ARN", ""
+        ),
+        "AWS_PERSONALIZE_TRACKING_ID": os.environ.get(
+            "AWS_PERSONALIZE_TRACKING_ID", ""
+        ),
+        "AWS_REGION": os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        "AWS_PERSONALIZE_ENDPOINT_URL": os.environ.get(
+            "AWS_PERSONALIZE_ENDPOINT_URL", ""
+        ),
+        "AWS_PERSONALIZE_CONNECT_TIMEOUT": env_number(
+            "AWS_PERSONALIZE_CONNECT_TIMEOUT", 0.1, float, minimum=0.01, maximum=10
+        ),
+        "AWS_PERSONALIZE_READ_TIMEOUT": env_number(
+            "AWS_PERSONALIZE_READ_TIMEOUT", 0.2, float, minimum=0.01, maximum=30
+        ),
+        "AWS_PERSONALIZE_MAX_ATTEMPTS": env_number(
+            "AWS_PERSONALIZE_MAX_ATTEMPTS", 2, int, minimum=1, maximum=5
+        ),
+        "AWS_PERSONALIZE_FAILURE_THRESHOLD": env_number(
+            "AWS_PERSONALIZE_FAILURE_THRESHOLD", 3, int, minimum=1
+        ),
+        "AWS_PERSONALIZE_COOLDOWN_SECONDS": env_number(
+            "AWS_PERSONALIZE_COOLDOWN_SECONDS", 30.0, float, minimum=0.0
+        ),
+        # Seconds between background deliveries of queued events; 0 turns the
+        # background thread off (run `flask personalization sync-events` instead).
+        "AWS_PERSONALIZE_SYNC_INTERVAL": env_number(
+            "AWS_PERSONALIZE_SYNC_INTERVAL", 10.0, float, minimum=0.0
+        ),
     }
 
 

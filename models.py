@@ -22,7 +22,9 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     func,
+    literal,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -60,8 +62,23 @@ def tune_sqlite(dbapi_connection, _connection_record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-    # Affinity decay needs power(); not every SQLite build has its math functions.
-    dbapi_connection.create_function("power", 2, math.pow, deterministic=True)
+    # Decay and similarity need power() and sqrt(); not every SQLite build has
+    # its math functions.
+    dbapi_connection.create_function(
+        "power", 2, null_safe(math.pow), deterministic=True
+    )
+    dbapi_connection.create_function(
+        "sqrt", 1, null_safe(math.sqrt), deterministic=True
+    )
+
+
+def null_safe(function):
+    """Wrap a math function to return NULL for NULL input, as SQL functions do."""
+
+    def wrapper(*args):
+        return None if any(arg is None for arg in args) else function(*args)
+
+    return wrapper
 
 
 doctor_procedures = Table(
@@ -104,6 +121,9 @@ class Category(db.Model):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     slug: Mapped[str] = mapped_column(String(120), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
 
     procedures: Mapped[list["Procedure"]] = relationship(
         back_populates="category", order_by="Procedure.name"
@@ -127,6 +147,9 @@ class Procedure(db.Model):
     price_min: Mapped[int] = mapped_column(Integer)
     price_max: Mapped[int] = mapped_column(Integer)
     recovery_time: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
 
     category: Mapped[Category] = relationship(back_populates="procedures")
     doctors: Mapped[list["Doctor"]] = relationship(
@@ -155,6 +178,9 @@ class Doctor(db.Model):
     rating: Mapped[Decimal] = mapped_column(Numeric(2, 1))
     review_count: Mapped[int] = mapped_column(Integer, default=0)
     bio: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
 
     procedures: Mapped[list[Procedure]] = relationship(
         secondary=doctor_procedures,
@@ -181,6 +207,9 @@ class Package(db.Model):
     description: Mapped[str] = mapped_column(Text, default="")
     # Bundle price in whole US dollars.
     price: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
 
     doctor: Mapped[Doctor] = relationship(back_populates="packages")
     procedures: Mapped[list[Procedure]] = relationship(
@@ -197,6 +226,11 @@ class UserInteraction(db.Model):
     """One thing an anonymous visitor did: a view, click, search or form submit."""
 
     __tablename__ = "user_interactions"
+    # A visitor's recent history is read on every personalized page: keep it an
+    # index range scan however long the log grows.
+    __table_args__ = (
+        Index("ix_user_interactions_user_id_timestamp", "user_id", "timestamp"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[str] = mapped_column(String(32), index=True)
@@ -235,3 +269,104 @@ class UserCategoryAffinity(db.Model):
     last_updated: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )
+
+
+class ItemPopularity(db.Model):
+    """Precomputed, time-decayed interest in one catalog item (or category).
+
+    Kept up to date by every recorded interaction and rebuilt by
+    `flask personalization refresh`, so rankings never scan the interaction log.
+    """
+
+    __tablename__ = "item_popularity"
+
+    target_type: Mapped[str] = mapped_column(String(50), primary_key=True)
+    target_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Sum of interaction weights, each decayed by POPULARITY_DECAY_RATE per day.
+    score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # Distinct visitors, for normalizing co-visitation counts.
+    visitors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_updated: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+
+
+class ProcedureCovisitation(db.Model):
+    """How many visitors interacted with both of two procedures."""
+
+    __tablename__ = "procedure_covisitation"
+
+    procedure_id: Mapped[int] = mapped_column(
+        ForeignKey("procedures.id", ondelete="CASCADE"), primary_key=True
+    )
+    other_id: Mapped[int] = mapped_column(
+        ForeignKey("procedures.id", ondelete="CASCADE"), primary_key=True
+    )
+    visitors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class PersonalizeOutbox(db.Model):
+    """An interaction waiting to be streamed to AWS Personalize (PutEvents).
+
+    A row is marked sent only after AWS accepted it, so an outage loses nothing.
+    """
+
+    __tablename__ = "personalize_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(50))
+    item_id: Mapped[str] = mapped_column(String(64))
+    event_value: Mapped[float] = mapped_column(Float)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A sync run claims rows with a token, so parallel workers never send one twice.
+    claim_token: Mapped[str | None] = mapped_column(String(32), index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), index=True
+    )
+
+
+# Portable SQL building blocks for the statements both databases must run alike.
+
+
+def is_postgres() -> bool:
+    """Tell whether the session talks to PostgreSQL (else SQLite)."""
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(table):
+    """An INSERT that supports ON CONFLICT on the database in use."""
+    return postgresql.insert(table) if is_postgres() else sqlite.insert(table)
+
+
+def sql_time(moment: datetime):
+    """Bind a timestamp so both databases compare it as one."""
+    return literal(moment, DateTime(timezone=True))
+
+
+def sql_greatest(a, b):
+    """Two-argument maximum: GREATEST on PostgreSQL, scalar max() on SQLite."""
+    return func.greatest(a, b) if is_postgres() else func.max(a, b)
+
+
+def sql_least(a, b):
+    """Two-argument minimum: LEAST on PostgreSQL, scalar min() on SQLite."""
+    return func.least(a, b) if is_postgres() else func.min(a, b)
+
+
+def sql_days_since(column, now: datetime):
+    """Days (fractional, never negative) from a timestamp column to `now`."""
+    if is_postgres():
+        days = func.extract("epoch", sql_time(now) - column) / 86400.0
+    else:
+        days = func.julianday(sql_time(now)) - func.julianday(column)
+    # Clock skew between workers must not make a decayed score grow.
+    return sql_greatest(days, 0.0)
+
+
+def sql_decayed(score_column, updated_column, rate: float, now: datetime):
+    """A stored score faded by `rate` per day since it was last updated."""
+    return score_column * func.power(rate, sql_days_since(updated_column, now))

@@ -1,9 +1,12 @@
 """PersonalizationEngine: visitor identity, interaction tracking, decaying category
-affinities, privacy erasure and retention, and the rankings the pages show."""
+affinities, precomputed popularity and co-visitation, the rankings the pages show
+(with optional AWS Personalize re-ranking), privacy erasure and retention."""
 
 import hashlib
 import hmac
 import json
+import secrets
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,31 +14,47 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
-    DateTime,
     Select,
+    String,
     bindparam,
+    case,
     delete,
     func,
     insert,
     literal,
     select,
     union_all,
+    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog import search_catalog
 from models import (
     Category,
     Doctor,
+    ItemPopularity,
     Package,
+    PersonalizeOutbox,
     Procedure,
+    ProcedureCovisitation,
     UserCategoryAffinity,
     UserInteraction,
     db,
+    dialect_insert,
     doctor_procedures,
     package_procedures,
+    sql_days_since,
+    sql_decayed,
+    sql_greatest,
+    sql_least,
+    sql_time,
     utcnow,
+)
+from personalize_client import (
+    MAX_EVENTS_PER_CALL,
+    NullReranker,
+    PersonalizeUnavailable,
+    Reranker,
+    personalize_event,
 )
 
 INTERACTION_TYPES = ("view", "click", "search", "form_submit")
@@ -60,6 +79,24 @@ AFFINITY_FLOOR = 0.01
 # How many top search results lend a search its categories.
 SEARCH_RESULTS_COUNTED = 3
 FINGERPRINT_HEX_LENGTH = 32
+# How many of a visitor's most recent distinct items seed co-visitation.
+RECENT_HISTORY_SIZE = 50
+COVISITATION_SEEDS = 10
+# Each older seed counts this much less than the one after it.
+SEED_RECENCY_DECAY = 0.85
+# How many categories a visitor's procedures are drawn from.
+TOP_CATEGORIES = 3
+# Candidates handed to a re-ranker: "a few dozen".
+RERANK_CANDIDATES = 36
+MAX_LIMIT = 50
+# Procedures whose doctors are ranked for a visitor.
+TOP_PROCEDURES = 12
+# Popular items kept per type in the in-process cache.
+POPULAR_CACHE_SIZE = 200
+# An event Personalize refused this many times is left out (a dead letter).
+OUTBOX_MAX_ATTEMPTS = 10
+# A claim older than this belongs to a sync that died; others may take the rows.
+OUTBOX_CLAIM_TIMEOUT = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,26 @@ class RankedItem:
     item: Any
     score: float
     reason: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A ranked list and which ranking produced it."""
+
+    items: list[RankedItem]
+    # "affinity" (the visitor's own interests), "personalize" (re-ranked by AWS),
+    # "popular" (nothing personal), or "mixed" (personal items, popular fill).
+    source: str
+
+    @property
+    def personalized(self) -> bool:
+        return self.source != "popular"
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 @dataclass(frozen=True)
@@ -138,16 +195,100 @@ def split_evenly(weight: float, category_ids: Iterable[int]) -> dict[int, float]
     return {cid: weight * n / total for cid, n in counts.items()} if total else {}
 
 
-def sql_time(moment: datetime) -> ColumnElement[datetime]:
-    """Bind a timestamp so both databases compare it as one."""
-    return literal(moment, DateTime(timezone=True))
+@dataclass(frozen=True)
+class VisitorProfile:
+    """What the rankings know about one visitor, read once per page."""
+
+    user_id: str | None
+    affinities: dict[int, float]
+    history: list[tuple[str, int]]
 
 
-def sql_greatest_least() -> tuple:
-    """Return the two-argument max and min SQL functions of the database in use."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        return func.greatest, func.least
-    return func.max, func.min  # SQLite's scalar forms
+def catalog_order(target_type: str) -> list:
+    """The order of a catalog with no interactions yet: curated, then by merit."""
+    if target_type == "category":
+        return [Category.id]
+    if target_type == "procedure":
+        offered_by = (
+            select(func.count())
+            .where(doctor_procedures.c.procedure_id == Procedure.id)
+            .scalar_subquery()
+        )
+        return [offered_by.desc(), Procedure.name]
+    if target_type == "doctor":
+        return [Doctor.rating.desc(), Doctor.review_count.desc(), Doctor.name]
+    return [Package.price, Package.id]
+
+
+def category_shares_of_targets():
+    """Every catalog target's categories, as (type, id, category, share) rows.
+
+    The SQL twin of event_category_shares: a doctor or package spreads over the
+    categories of its procedures in proportion to how many it has in each.
+    """
+    parts = [
+        select(
+            literal("category", String).label("target_type"),
+            Category.id.label("target_id"),
+            Category.id.label("category_id"),
+            literal(1.0).label("share"),
+        ),
+        select(
+            literal("procedure", String),
+            Procedure.id,
+            Procedure.category_id,
+            literal(1.0),
+        ),
+    ]
+    for target_type, link in (
+        ("doctor", doctor_procedures.c.doctor_id),
+        ("package", package_procedures.c.package_id),
+    ):
+        counts = (
+            select(
+                link.label("target_id"),
+                Procedure.category_id,
+                func.count().label("n"),
+            )
+            .join(Procedure, Procedure.id == link.table.c.procedure_id)
+            .group_by(link, Procedure.category_id)
+            .subquery()
+        )
+        totals = (
+            select(counts.c.target_id, func.sum(counts.c.n).label("total"))
+            .group_by(counts.c.target_id)
+            .subquery()
+        )
+        parts.append(
+            select(
+                literal(target_type, String),
+                counts.c.target_id,
+                counts.c.category_id,
+                counts.c.n * 1.0 / totals.c.total,
+            ).join(totals, totals.c.target_id == counts.c.target_id)
+        )
+    return union_all(*parts).subquery()
+
+
+def reorder(
+    candidates: list[tuple[int, float, str]],
+    target_type: str,
+    ranked: list[tuple[str, float]],
+) -> list[tuple[int, float, str]]:
+    """Put candidates in a re-ranker's order; any it left out keep theirs, after."""
+    by_key = {f"{target_type}:{entry[0]}": entry for entry in candidates}
+    ordered = []
+    for key, score in ranked:
+        entry = by_key.pop(key, None)
+        if entry:
+            ordered.append((entry[0], score, entry[2]))
+    leftover = [e for e in candidates if f"{target_type}:{e[0]}" in by_key]
+    return ordered + leftover
+
+
+def row_count(table) -> int:
+    """Count a table's rows."""
+    return db.session.scalar(select(func.count()).select_from(table))
 
 
 class PersonalizationEngine:
@@ -159,11 +300,22 @@ class PersonalizationEngine:
         decay_rate: float = 0.95,
         weights: dict[str, float] | None = None,
         popularity_window_days: int = 30,
+        popularity_decay_rate: float = 0.9,
+        popularity_cache_seconds: float = 60.0,
+        covisitation_weight: float = 0.4,
+        reranker: Reranker | None = None,
+        stream_events: bool = False,
     ):
         self.fingerprint_secret = fingerprint_secret.encode()
         self.decay_rate = decay_rate
         self.weights = {**DEFAULT_INTERACTION_WEIGHTS, **(weights or {})}
         self.popularity_window_days = popularity_window_days
+        self.popularity_decay_rate = popularity_decay_rate
+        self.popularity_cache_seconds = popularity_cache_seconds
+        self.covisitation_weight = covisitation_weight
+        self.reranker = reranker or NullReranker()
+        self.stream_events = stream_events
+        self._popular_cache: dict[str, tuple[float, list[tuple[int, float]]]] = {}
 
     # Identity
 
@@ -237,13 +389,15 @@ class PersonalizationEngine:
         events: list[Event],
         now: datetime | None = None,
     ) -> int:
-        """Store validated events and raise the visitor's category affinities.
+        """Store validated events and update everything rankings read from.
 
-        Everything happens in one transaction: the log and the affinities agree.
+        One transaction: the log, the visitor's affinities, item popularity,
+        co-visitation and the Personalize outbox always agree.
         """
         if not events:
             return 0
         now = now or utcnow()
+        history = set(self.recent_targets(user_id, now=now))
         db.session.execute(
             insert(UserInteraction),
             [
@@ -261,35 +415,75 @@ class PersonalizationEngine:
                 for event in events
             ],
         )
-        self.add_affinity(user_id, self.category_weights(events), now)
+        shares = self.event_category_shares(events)
+        self.add_affinity(user_id, self.category_weights(events, shares), now)
+        self._add_popularity(events, shares, history, now)
+        self._add_covisitation(events, history)
+        if self.stream_events:
+            self._queue_for_personalize(user_id, session_id, events, now)
         db.session.commit()
         return len(events)
 
-    def category_weights(self, events: list[Event]) -> dict[int, float]:
-        """Turn events into how much each category's affinity should rise.
+    def recent_targets(
+        self,
+        user_id: str,
+        limit: int = RECENT_HISTORY_SIZE,
+        now: datetime | None = None,
+    ) -> list[tuple[str, int]]:
+        """Return the visitor's most recent distinct catalog targets, newest first.
+
+        Reads only this visitor's rows in the popularity window, through the
+        (user_id, timestamp) index: cost does not grow with the log.
+        """
+        since = (now or utcnow()) - timedelta(days=self.popularity_window_days)
+        rows = db.session.execute(
+            select(
+                UserInteraction.target_type,
+                UserInteraction.target_id,
+                func.max(UserInteraction.timestamp).label("last_seen"),
+            )
+            .where(
+                UserInteraction.user_id == user_id,
+                UserInteraction.timestamp >= since,
+                UserInteraction.target_type.in_(tuple(CATALOG_MODELS)),
+            )
+            .group_by(UserInteraction.target_type, UserInteraction.target_id)
+            .order_by(func.max(UserInteraction.timestamp).desc())
+            .limit(limit)
+        )
+        return [(target_type, target_id) for target_type, target_id, _ in rows]
+
+    def event_category_shares(self, events: list[Event]) -> list[dict[int, float]]:
+        """For each event, the categories it counts for, as fractions summing to 1.
 
         A procedure counts for its category; a doctor or a package for the
-        categories of their procedures, shared in proportion, so one click weighs
-        the same whatever its target; a search for the categories of its top results.
+        categories of their procedures, in proportion, so one click weighs the same
+        whatever its target; a search for the categories of its top results.
         """
-        totals: dict[int, float] = defaultdict(float)
         by_type: dict[str, set[int]] = defaultdict(set)
         for event in events:
             if event.target_type in CATALOG_MODELS:
                 by_type[event.target_type].add(event.target_id)
         categories_of = self._categories_of_targets(by_type)
+        shares = []
         for event in events:
-            weight = self.weights.get(event.interaction_type, 0.0)
             if event.interaction_type == "search":
-                shares = split_evenly(
-                    weight, self.search_result_categories(event.metadata["query"])
-                )
+                categories = self.search_result_categories(event.metadata["query"])
             else:
-                shares = split_evenly(
-                    weight, categories_of.get((event.target_type, event.target_id), [])
-                )
-            for category_id, share in shares.items():
-                totals[category_id] += share
+                categories = categories_of.get((event.target_type, event.target_id), [])
+            shares.append(split_evenly(1.0, categories))
+        return shares
+
+    def category_weights(
+        self, events: list[Event], shares: list[dict[int, float]] | None = None
+    ) -> dict[int, float]:
+        """Turn events into how much each category's affinity should move."""
+        shares = shares if shares is not None else self.event_category_shares(events)
+        totals: dict[int, float] = defaultdict(float)
+        for event, event_shares in zip(events, shares, strict=True):
+            weight = self.weights.get(event.interaction_type, 0.0)
+            for category_id, share in event_shares.items():
+                totals[category_id] += weight * share
         return dict(totals)
 
     def _categories_of_targets(
@@ -335,26 +529,23 @@ class PersonalizationEngine:
         if not weights:
             return
         table = UserCategoryAffinity.__table__
-        postgres = db.session.get_bind().dialect.name == "postgresql"
-        insert_for = postgresql.insert if postgres else sqlite.insert
-        greatest, least = sql_greatest_least()
-        statement = (
-            insert_for(table)
-            .values(
-                user_id=bindparam("user_id"),
-                category_id=bindparam("category_id"),
-                affinity_score=bindparam("initial"),
-                last_updated=sql_time(now),
-            )
-            .on_conflict_do_update(
-                index_elements=[table.c.user_id, table.c.category_id],
-                set_={
-                    "affinity_score": greatest(
-                        0.0, least(1.0, self._decayed_score(now) + bindparam("weight"))
-                    ),
-                    "last_updated": sql_time(now),
-                },
-            )
+        statement = dialect_insert(table).values(
+            user_id=bindparam("user_id"),
+            category_id=bindparam("category_id"),
+            affinity_score=bindparam("initial"),
+            last_updated=sql_time(now),
+        )
+        decayed = sql_decayed(
+            table.c.affinity_score, table.c.last_updated, self.decay_rate, now
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.user_id, table.c.category_id],
+            set_={
+                "affinity_score": sql_greatest(
+                    0.0, sql_least(1.0, decayed + bindparam("weight"))
+                ),
+                "last_updated": sql_time(now),
+            },
         )
         db.session.execute(
             statement,
@@ -368,6 +559,273 @@ class PersonalizationEngine:
                 for category_id, weight in sorted(weights.items())
             ],
         )
+
+    def _add_popularity(
+        self,
+        events: list[Event],
+        shares: list[dict[int, float]],
+        history: set[tuple[str, int]],
+        now: datetime,
+    ) -> None:
+        """Raise the decayed popularity of each target, and count new visitors.
+
+        Categories gain the same shares as affinities; searches count for no item.
+        """
+        gains: dict[tuple[str, int], float] = defaultdict(float)
+        for event, event_shares in zip(events, shares, strict=True):
+            if event.interaction_type == "search":
+                continue
+            weight = self.weights.get(event.interaction_type, 0.0)
+            if event.target_type in CATALOG_MODELS and event.target_type != "category":
+                gains[(event.target_type, event.target_id)] += weight
+            for category_id, share in event_shares.items():
+                gains[("category", category_id)] += weight * share
+        if not gains:
+            return
+        table = ItemPopularity.__table__
+        decayed = sql_decayed(
+            table.c.score, table.c.last_updated, self.popularity_decay_rate, now
+        )
+        statement = (
+            dialect_insert(table)
+            .values(
+                target_type=bindparam("target_type"),
+                target_id=bindparam("target_id"),
+                score=bindparam("initial"),
+                visitors=bindparam("new_visitors"),
+                last_updated=sql_time(now),
+            )
+            .on_conflict_do_update(
+                index_elements=[table.c.target_type, table.c.target_id],
+                set_={
+                    "score": sql_greatest(0.0, decayed + bindparam("gain")),
+                    "visitors": table.c.visitors + bindparam("new_visitors"),
+                    "last_updated": sql_time(now),
+                },
+            )
+        )
+        db.session.execute(
+            statement,
+            [
+                {
+                    "target_type": target_type,
+                    "target_id": target_id,
+                    "initial": max(0.0, gain),
+                    "gain": gain,
+                    "new_visitors": int((target_type, target_id) not in history),
+                }
+                for (target_type, target_id), gain in sorted(gains.items())
+            ],
+        )
+
+    def _add_covisitation(
+        self, events: list[Event], history: set[tuple[str, int]]
+    ) -> None:
+        """Count this visitor once for each pair of procedures they now share.
+
+        "Visitors who viewed X also viewed Y": a procedure new to the visitor pairs
+        with every procedure in their recent history, in both directions.
+        """
+        seen = {tid for ttype, tid in history if ttype == "procedure"}
+        new = {
+            e.target_id
+            for e in events
+            if e.target_type == "procedure" and e.target_id not in seen
+        }
+        pairs = {(a, b) for a in new for b in seen | new if a != b}
+        pairs |= {(b, a) for a, b in pairs}
+        if not pairs:
+            return
+        table = ProcedureCovisitation.__table__
+        statement = (
+            dialect_insert(table)
+            .values(procedure_id=bindparam("a"), other_id=bindparam("b"), visitors=1)
+            .on_conflict_do_update(
+                index_elements=[table.c.procedure_id, table.c.other_id],
+                set_={"visitors": table.c.visitors + 1},
+            )
+        )
+        db.session.execute(statement, [{"a": a, "b": b} for a, b in sorted(pairs)])
+
+    def _queue_for_personalize(
+        self, user_id: str, session_id: str, events: list[Event], now: datetime
+    ) -> None:
+        """Put catalog events in the outbox for streaming to AWS Personalize."""
+        rows = [
+            {
+                "user_id": user_id,
+                "session_id": session_id,
+                "event_type": event.interaction_type,
+                "item_id": f"{event.target_type}:{event.target_id}",
+                "event_value": self.weights.get(event.interaction_type, 0.0),
+                "occurred_at": now,
+            }
+            for event in events
+            if event.target_type in CATALOG_MODELS
+        ]
+        if rows:
+            db.session.execute(insert(PersonalizeOutbox), rows)
+
+    def sync_personalize_events(
+        self, client, max_events: int = 1000, now: datetime | None = None
+    ) -> dict[str, int]:
+        """Stream queued interactions to Personalize (PutEvents), oldest first.
+
+        Rows are claimed with a token so parallel workers never send one twice,
+        and marked sent only after AWS accepted them: an outage loses nothing,
+        and the next run delivers the backlog. Stops at the first failure.
+        """
+        now = now or utcnow()
+        outbox = PersonalizeOutbox.__table__
+        token = secrets.token_hex(16)
+        claimable = (
+            outbox.c.sent_at.is_(None)
+            & (outbox.c.attempts < OUTBOX_MAX_ATTEMPTS)
+            & (
+                outbox.c.claimed_at.is_(None)
+                | (outbox.c.claimed_at < now - OUTBOX_CLAIM_TIMEOUT)
+            )
+        )
+        oldest = select(outbox.c.id).where(claimable).order_by(outbox.c.id)
+        db.session.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(oldest.limit(max_events)), claimable)
+            .values(claim_token=token, claimed_at=now)
+        )
+        db.session.commit()
+        rows = db.session.execute(
+            select(outbox).where(outbox.c.claim_token == token).order_by(outbox.c.id)
+        ).all()
+        sessions: dict[tuple[str, str], list] = defaultdict(list)
+        for row in rows:
+            sessions[(row.user_id, row.session_id)].append(row)
+        sent = 0
+        failed = False
+        for (user_id, session_id), session_rows in sessions.items():
+            for start in range(0, len(session_rows), MAX_EVENTS_PER_CALL):
+                chunk = session_rows[start : start + MAX_EVENTS_PER_CALL]
+                ids = [row.id for row in chunk]
+                events = [
+                    personalize_event(
+                        str(row.id),
+                        row.event_type,
+                        row.item_id,
+                        row.event_value,
+                        as_utc(row.occurred_at),
+                    )
+                    for row in chunk
+                ]
+                try:
+                    client.put_events(user_id, session_id, events)
+                except PersonalizeUnavailable:
+                    db.session.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_(ids))
+                        .values(attempts=outbox.c.attempts + 1)
+                    )
+                    failed = True
+                    break
+                db.session.execute(
+                    update(outbox).where(outbox.c.id.in_(ids)).values(sent_at=utcnow())
+                )
+                db.session.commit()
+                sent += len(ids)
+            if failed:
+                break
+        # Release what this run claimed but did not send, for the next run.
+        db.session.execute(
+            update(outbox)
+            .where(outbox.c.claim_token == token, outbox.c.sent_at.is_(None))
+            .values(claim_token=None, claimed_at=None)
+        )
+        db.session.commit()
+        pending = db.session.scalar(
+            select(func.count()).where(outbox.c.sent_at.is_(None))
+        )
+        return {"sent": sent, "pending": pending, "failed": int(failed)}
+
+    def refresh_statistics(self, now: datetime | None = None) -> dict[str, int]:
+        """Rebuild item popularity and co-visitation from the interaction log.
+
+        Exact over the popularity window (incremental updates cap each visitor's
+        history); the database does the aggregation. Searches count for no item.
+        """
+        now = now or utcnow()
+        log = UserInteraction.__table__
+        since = now - timedelta(days=self.popularity_window_days)
+        in_window = (log.c.timestamp >= since) & (log.c.interaction_type != "search")
+        weight = case(
+            *((log.c.interaction_type == kind, w) for kind, w in self.weights.items()),
+            else_=0.0,
+        )
+        decayed_weight = weight * func.power(
+            self.popularity_decay_rate, sql_days_since(log.c.timestamp, now)
+        )
+        item_rows = (
+            select(
+                log.c.target_type,
+                log.c.target_id,
+                sql_greatest(func.sum(decayed_weight), 0.0),
+                func.count(func.distinct(log.c.user_id)),
+                sql_time(now),
+            )
+            .where(in_window, log.c.target_type.in_(("procedure", "doctor", "package")))
+            .group_by(log.c.target_type, log.c.target_id)
+        )
+        shares = category_shares_of_targets()
+        category_rows = (
+            select(
+                literal("category", String),
+                shares.c.category_id,
+                sql_greatest(func.sum(decayed_weight * shares.c.share), 0.0),
+                literal(0),
+                sql_time(now),
+            )
+            .select_from(log)
+            .join(
+                shares,
+                (shares.c.target_type == log.c.target_type)
+                & (shares.c.target_id == log.c.target_id),
+            )
+            .where(in_window)
+            .group_by(shares.c.category_id)
+        )
+        visits = (
+            select(log.c.user_id, log.c.target_id)
+            .where(in_window, log.c.target_type == "procedure")
+            .distinct()
+            .subquery()
+        )
+        other = visits.alias("other")
+        pair_rows = (
+            select(visits.c.target_id, other.c.target_id, func.count())
+            .join(
+                other,
+                (other.c.user_id == visits.c.user_id)
+                & (other.c.target_id != visits.c.target_id),
+            )
+            .group_by(visits.c.target_id, other.c.target_id)
+        )
+        popularity = ItemPopularity.__table__
+        covisitation = ProcedureCovisitation.__table__
+        db.session.execute(delete(popularity))
+        db.session.execute(delete(covisitation))
+        columns = ["target_type", "target_id", "score", "visitors", "last_updated"]
+        for rows in (item_rows, category_rows):
+            db.session.execute(popularity.insert().from_select(columns, rows))
+        db.session.execute(
+            covisitation.insert().from_select(
+                ["procedure_id", "other_id", "visitors"], pair_rows
+            )
+        )
+        db.session.commit()
+        self._popular_cache.clear()
+        return {
+            "item_popularity": row_count(popularity),
+            "procedure_covisitation": row_count(covisitation),
+        }
+
+    # Affinities
 
     def get_affinities(
         self, user_id: str, now: datetime | None = None
@@ -391,10 +849,362 @@ class PersonalizationEngine:
         days = max(0.0, (now - last_updated).total_seconds() / 86400)
         return score * self.decay_rate**days
 
+    # Popularity
+
+    def popular_scores(self, target_type: str) -> list[tuple[int, float]]:
+        """Items of a type with their popularity decayed to now, best first.
+
+        Read from the precomputed table (never the log) and cached in process for
+        a short time; with no data yet, a sensible catalog order stands.
+        """
+        cached = self._popular_cache.get(target_type)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        model = CATALOG_MODELS[target_type]
+        popularity = ItemPopularity.__table__
+        decayed = sql_decayed(
+            popularity.c.score,
+            popularity.c.last_updated,
+            self.popularity_decay_rate,
+            utcnow(),
+        )
+        score = func.coalesce(decayed, 0.0)
+        statement = (
+            select(model.id, score)
+            .outerjoin(
+                popularity,
+                (popularity.c.target_type == target_type)
+                & (popularity.c.target_id == model.id),
+            )
+            .order_by(score.desc(), *catalog_order(target_type))
+            .limit(POPULAR_CACHE_SIZE)
+        )
+        scores = [
+            (item_id, float(value)) for item_id, value in db.session.execute(statement)
+        ]
+        self._popular_cache[target_type] = (
+            time.monotonic() + self.popularity_cache_seconds,
+            scores,
+        )
+        return scores
+
+    def popular(
+        self, target_type: str, limit: int, exclude: Iterable[int] = ()
+    ) -> list[tuple[int, float]]:
+        """The most popular items of a type, leaving out those already shown."""
+        excluded = set(exclude)
+        return [
+            (item_id, score)
+            for item_id, score in self.popular_scores(target_type)
+            if item_id not in excluded
+        ][:limit]
+
+    def get_popular_categories(self, limit: int = 6) -> Ranking:
+        """Rank categories by decayed interest in them and their procedures."""
+        return self._finish("category", None, [], limit)
+
+    def get_popular_procedures(self, limit: int = 6) -> Ranking:
+        """Rank procedures by decayed interactions, then by doctors offering them."""
+        return self._finish("procedure", None, [], limit)
+
+    def get_popular_doctors(self, limit: int = 9) -> Ranking:
+        """Rank doctors by decayed interactions, then by rating and review count."""
+        return self._finish("doctor", None, [], limit)
+
+    # Personalized rankings
+
+    def visitor_profile(self, user_id: str | None) -> "VisitorProfile":
+        """Read what rankings need about a visitor: two indexed queries."""
+        if not user_id:
+            return VisitorProfile(None, {}, [])
+        return VisitorProfile(
+            user_id, self.get_affinities(user_id), self.recent_targets(user_id)
+        )
+
+    def get_personalized_categories(
+        self, user_id: str | None, limit: int = 6
+    ) -> Ranking:
+        """Rank categories by the visitor's decayed affinity; popular ones fill."""
+        return self.categories_for(self.visitor_profile(user_id), limit)
+
+    def get_personalized_procedures(
+        self, user_id: str | None, limit: int = 6
+    ) -> Ranking:
+        """Rank procedures by affinity x popularity blended with co-visitation."""
+        profile = self.visitor_profile(user_id)
+        return self._finish("procedure", user_id, self.procedure_scores(profile), limit)
+
+    def get_personalized_doctors(self, user_id: str | None, limit: int = 9) -> Ranking:
+        """Rank doctors who perform the visitor's top procedures, by their rating."""
+        profile = self.visitor_profile(user_id)
+        return self.doctors_for(profile, self.procedure_scores(profile), limit)
+
+    def get_home_sections(
+        self, user_id: str | None, sizes: dict[str, int]
+    ) -> dict[str, Ranking]:
+        """All three home-page rankings, reading the visitor's profile once."""
+        profile = self.visitor_profile(user_id)
+        procedure_scores = self.procedure_scores(profile)
+        return {
+            "categories": self.categories_for(profile, sizes["categories"]),
+            "procedures": self._finish(
+                "procedure", user_id, procedure_scores, sizes["procedures"]
+            ),
+            "doctors": self.doctors_for(profile, procedure_scores, sizes["doctors"]),
+        }
+
+    def categories_for(self, profile: "VisitorProfile", limit: int) -> Ranking:
+        scored = sorted(
+            (
+                (category_id, score, "affinity")
+                for category_id, score in profile.affinities.items()
+                if score >= AFFINITY_FLOOR
+            ),
+            key=lambda entry: -entry[1],
+        )
+        return self._finish("category", profile.user_id, scored, limit)
+
+    def procedure_scores(
+        self, profile: "VisitorProfile"
+    ) -> list[tuple[int, float, str]]:
+        """The blended local ranking of procedures for one visitor.
+
+        score = (1 - w) * affinity(category) * (0.5 + 0.5 * popularity / max)
+              + w * co-visitation with the visitor's recent procedures,
+        with w = COVISITATION_WEIGHT. Candidates: procedures of the visitor's top
+        categories and co-visitation neighbours of what they recently saw.
+        """
+        if not profile.user_id:
+            return []
+        top_categories = [
+            category_id
+            for category_id, score in sorted(
+                profile.affinities.items(), key=lambda entry: -entry[1]
+            )
+            if score >= AFFINITY_FLOOR
+        ][:TOP_CATEGORIES]
+        seeds = [tid for ttype, tid in profile.history if ttype == "procedure"]
+        covisitation = self.covisitation_scores(seeds[:COVISITATION_SEEDS])
+        if not top_categories and not covisitation:
+            return []
+        popularity = dict(self.popular_scores("procedure"))
+        candidates = db.session.execute(
+            select(Procedure.id, Procedure.category_id).where(
+                Procedure.category_id.in_(top_categories)
+                | Procedure.id.in_(list(covisitation))
+            )
+        ).all()
+        most_popular = max(
+            (popularity.get(pid, 0.0) for pid, _ in candidates), default=0
+        )
+        weight = self.covisitation_weight
+        scored = []
+        for procedure_id, category_id in candidates:
+            relative_popularity = (
+                popularity.get(procedure_id, 0.0) / most_popular if most_popular else 0
+            )
+            from_affinity = (
+                (1 - weight)
+                * profile.affinities.get(category_id, 0.0)
+                * (0.5 + 0.5 * relative_popularity)
+            )
+            from_covisitation = weight * covisitation.get(procedure_id, 0.0)
+            score = from_affinity + from_covisitation
+            if score > 0:
+                reason = (
+                    "also_viewed" if from_covisitation > from_affinity else "affinity"
+                )
+                scored.append((procedure_id, score, reason))
+        scored.sort(key=lambda entry: (-entry[1], entry[0]))
+        return scored
+
+    def covisitation_scores(
+        self, seeds: list[int], per_seed: int = RERANK_CANDIDATES
+    ) -> dict[int, float]:
+        """Procedures co-visited with the seeds, scored by cosine similarity.
+
+        similarity(a, b) = visitors(a and b) / sqrt(visitors(a) * visitors(b)), so a
+        blockbuster does not neighbour everything; recent seeds weigh more.
+        Scores are scaled so the best is 1.
+        """
+        if not seeds:
+            return {}
+        pairs = ProcedureCovisitation.__table__
+        rank = (
+            func.row_number()
+            .over(partition_by=pairs.c.procedure_id, order_by=pairs.c.visitors.desc())
+            .label("rank")
+        )
+        nearest = (
+            select(pairs.c.procedure_id, pairs.c.other_id, pairs.c.visitors, rank)
+            .where(pairs.c.procedure_id.in_(seeds))
+            .subquery()
+        )
+        seed_stats = ItemPopularity.__table__.alias("seed_stats")
+        other_stats = ItemPopularity.__table__.alias("other_stats")
+        similarity = nearest.c.visitors / func.sqrt(
+            sql_greatest(func.coalesce(seed_stats.c.visitors, 1), 1)
+            * sql_greatest(func.coalesce(other_stats.c.visitors, 1), 1)
+        )
+        rows = db.session.execute(
+            select(nearest.c.procedure_id, nearest.c.other_id, similarity)
+            .outerjoin(
+                seed_stats,
+                (seed_stats.c.target_type == "procedure")
+                & (seed_stats.c.target_id == nearest.c.procedure_id),
+            )
+            .outerjoin(
+                other_stats,
+                (other_stats.c.target_type == "procedure")
+                & (other_stats.c.target_id == nearest.c.other_id),
+            )
+            .where(nearest.c.rank <= per_seed)
+        )
+        seed_weight = {seed: SEED_RECENCY_DECAY**i for i, seed in enumerate(seeds)}
+        totals: dict[int, float] = defaultdict(float)
+        for seed, other, value in rows:
+            totals[other] += seed_weight[seed] * float(value)
+        best = max(totals.values(), default=0.0)
+        return {pid: value / best for pid, value in totals.items()} if best else {}
+
+    def doctors_for(
+        self,
+        profile: "VisitorProfile",
+        procedure_scores: list[tuple[int, float, str]],
+        limit: int,
+    ) -> Ranking:
+        """Score doctors by the visitor's top procedures they perform, x rating / 5."""
+        top = {pid: score for pid, score, _ in procedure_scores[:TOP_PROCEDURES]}
+        scored: dict[int, float] = defaultdict(float)
+        if top:
+            rows = db.session.execute(
+                select(
+                    doctor_procedures.c.doctor_id,
+                    doctor_procedures.c.procedure_id,
+                    Doctor.rating,
+                )
+                .join(Doctor, Doctor.id == doctor_procedures.c.doctor_id)
+                .where(doctor_procedures.c.procedure_id.in_(list(top)))
+            )
+            for doctor_id, procedure_id, rating in rows:
+                scored[doctor_id] += top[procedure_id] * float(rating) / 5
+        personal = sorted(
+            ((did, score, "affinity") for did, score in scored.items()),
+            key=lambda entry: (-entry[1], entry[0]),
+        )
+        return self._finish("doctor", profile.user_id, personal, limit)
+
+    def get_similar_procedures(self, procedure_id: int, limit: int = 6) -> Ranking:
+        """Procedures visitors of this one also viewed; same-category popular fill."""
+        similar = self.reranker.similar_items(f"procedure:{procedure_id}", limit + 1)
+        if similar:
+            ids = [
+                (int(item_id.split(":", 1)[1]), score, "personalize")
+                for item_id, score in similar
+                if item_id.startswith("procedure:")
+                and item_id != f"procedure:{procedure_id}"
+            ]
+            if len(ids) >= limit:
+                return Ranking(self._load("procedure", ids[:limit]), "personalize")
+        covisited = sorted(
+            (
+                (pid, score, "also_viewed")
+                for pid, score in self.covisitation_scores([procedure_id]).items()
+                if pid != procedure_id
+            ),
+            key=lambda entry: (-entry[1], entry[0]),
+        )[:limit]
+        shown = {procedure_id} | {pid for pid, _, _ in covisited}
+        category_id = db.session.scalar(
+            select(Procedure.category_id).where(Procedure.id == procedure_id)
+        )
+        same_category = set(
+            db.session.scalars(
+                select(Procedure.id).where(Procedure.category_id == category_id)
+            )
+        )
+        fill = [
+            (pid, score, "same_category")
+            for pid, score in self.popular("procedure", MAX_LIMIT, exclude=shown)
+            if pid in same_category
+        ]
+        fill += [
+            (pid, score, "popular")
+            for pid, score in self.popular("procedure", limit, exclude=shown)
+            if pid not in same_category
+        ]
+        items = (covisited + fill)[:limit]
+        source = (
+            "affinity"
+            if len(covisited) >= limit
+            else "mixed"
+            if covisited
+            else "popular"
+        )
+        return Ranking(self._load("procedure", items), source)
+
+    def _finish(
+        self,
+        target_type: str,
+        user_id: str | None,
+        personal: list[tuple[int, float, str]],
+        limit: int,
+    ) -> Ranking:
+        """Fill with popular items not already shown, re-rank, load the items.
+
+        Fallbacks fill, never replace: every section gets its full count.
+        """
+        pool = (
+            max(limit, RERANK_CANDIDATES)
+            if personal and self.reranker.enabled
+            else limit
+        )
+        candidates = personal[:pool]
+        shown = {item_id for item_id, _, _ in candidates}
+        candidates += [
+            (item_id, score, "popular")
+            for item_id, score in self.popular(
+                target_type, pool - len(candidates), exclude=shown
+            )
+        ]
+        if not personal:
+            source = "popular"
+        elif len(personal) >= limit:
+            source = "affinity"
+        else:
+            source = "mixed"
+        if personal and self.reranker.enabled:
+            ranked = self.reranker.rerank(
+                user_id, [f"{target_type}:{item_id}" for item_id, _, _ in candidates]
+            )
+            if ranked is not None:
+                candidates = reorder(candidates, target_type, ranked)
+                source = "personalize"
+        return Ranking(self._load(target_type, candidates[:limit]), source)
+
+    def _load(
+        self, target_type: str, entries: list[tuple[int, float, str]]
+    ) -> list[RankedItem]:
+        """Fetch the items of a ranking in one query, keeping its order."""
+        model = CATALOG_MODELS[target_type]
+        ids = [item_id for item_id, _, _ in entries]
+        items = {
+            item.id: item
+            for item in db.session.scalars(select(model).where(model.id.in_(ids)))
+        }
+        return [
+            RankedItem(items[item_id], round(score, 6), reason)
+            for item_id, score, reason in entries
+            if item_id in items
+        ]
+
     # Privacy
 
     def forget_visitor(self, user_ids: Iterable[str]) -> dict[str, int]:
-        """Delete every interaction and affinity of these visitor ids; count them."""
+        """Delete every interaction and affinity of these visitor ids; count them.
+
+        Events still waiting for Personalize go too: erasure reaches the outbox.
+        """
         ids = sorted(set(user_ids))
         interactions = db.session.execute(
             delete(UserInteraction).where(UserInteraction.user_id.in_(ids))
@@ -402,6 +1212,9 @@ class PersonalizationEngine:
         affinities = db.session.execute(
             delete(UserCategoryAffinity).where(UserCategoryAffinity.user_id.in_(ids))
         ).rowcount
+        db.session.execute(
+            delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id.in_(ids))
+        )
         db.session.commit()
         return {"interactions": interactions, "affinities": affinities}
 
@@ -415,28 +1228,24 @@ class PersonalizationEngine:
             .order_by(UserInteraction.id)
         )
 
+    def delivered_events(self, cutoff: datetime) -> Select:
+        """Select outbox rows delivered to Personalize before the cutoff."""
+        return (
+            select(PersonalizeOutbox.id)
+            .where(PersonalizeOutbox.sent_at < cutoff)
+            .order_by(PersonalizeOutbox.id)
+        )
+
     def faded_affinities(self, now: datetime) -> Select:
         """Select the ids of affinities whose decayed score fell below the floor.
 
         The decay is applied in SQL the same way reads apply it.
         """
         table = UserCategoryAffinity.__table__
-        return (
-            select(table.c.id)
-            .where(self._decayed_score(now) < AFFINITY_FLOOR)
-            .order_by(table.c.id)
+        decayed = sql_decayed(
+            table.c.affinity_score, table.c.last_updated, self.decay_rate, now
         )
-
-    def _decayed_score(self, now: datetime) -> ColumnElement[float]:
-        """SQL for a stored affinity faded to `now`, as get_affinities computes it."""
-        table = UserCategoryAffinity.__table__
-        if db.session.get_bind().dialect.name == "postgresql":
-            days = func.extract("epoch", sql_time(now) - table.c.last_updated) / 86400.0
-        else:
-            days = func.julianday(sql_time(now)) - func.julianday(table.c.last_updated)
-        greatest, _ = sql_greatest_least()
-        # Clock skew between workers must not make an affinity grow.
-        return table.c.affinity_score * func.power(self.decay_rate, greatest(days, 0.0))
+        return select(table.c.id).where(decayed < AFFINITY_FLOOR).order_by(table.c.id)
 
     def count(self, ids: Select) -> int:
         """Count the rows a selection of ids names."""
@@ -457,86 +1266,3 @@ class PersonalizationEngine:
             if not deleted:
                 return
             yield deleted
-
-    # Rankings
-
-    def _recent_interactions(self, target_type: str) -> Select:
-        """Count each target's interactions inside the popularity window."""
-        since = utcnow() - timedelta(days=self.popularity_window_days)
-        return (
-            select(
-                UserInteraction.target_id.label("target_id"),
-                func.count().label("hits"),
-            )
-            .where(
-                UserInteraction.target_type == target_type,
-                UserInteraction.timestamp >= since,
-            )
-            .group_by(UserInteraction.target_id)
-        )
-
-    def get_popular_categories(self, limit: int = 6) -> list[RankedItem]:
-        """Rank categories by recent interest in them and in their procedures."""
-        direct = self._recent_interactions("category").subquery()
-        via_procedures = self._recent_interactions("procedure").subquery()
-        per_category = union_all(
-            select(direct.c.target_id.label("category_id"), direct.c.hits),
-            select(Procedure.category_id, via_procedures.c.hits).join(
-                via_procedures, via_procedures.c.target_id == Procedure.id
-            ),
-        ).subquery()
-        hits = (
-            select(per_category.c.category_id, func.sum(per_category.c.hits).label("n"))
-            .group_by(per_category.c.category_id)
-            .subquery()
-        )
-        # With no interactions yet, the curated catalog order (by id) stands.
-        rows = db.session.execute(
-            select(Category, func.coalesce(hits.c.n, 0))
-            .outerjoin(hits, hits.c.category_id == Category.id)
-            .order_by(func.coalesce(hits.c.n, 0).desc(), Category.id)
-            .limit(limit)
-        )
-        return [self._ranked(item, n) for item, n in rows]
-
-    def get_popular_procedures(self, limit: int = 6) -> list[RankedItem]:
-        """Rank procedures by recent interactions, then by doctors offering them."""
-        hits = self._recent_interactions("procedure").subquery()
-        offered_by = (
-            select(doctor_procedures.c.procedure_id, func.count().label("doctors"))
-            .group_by(doctor_procedures.c.procedure_id)
-            .subquery()
-        )
-        rows = db.session.execute(
-            select(Procedure, func.coalesce(hits.c.hits, 0))
-            .outerjoin(hits, hits.c.target_id == Procedure.id)
-            .outerjoin(offered_by, offered_by.c.procedure_id == Procedure.id)
-            .order_by(
-                func.coalesce(hits.c.hits, 0).desc(),
-                func.coalesce(offered_by.c.doctors, 0).desc(),
-                Procedure.name,
-            )
-            .limit(limit)
-        )
-        return [self._ranked(item, n) for item, n in rows]
-
-    def get_popular_doctors(self, limit: int = 9) -> list[RankedItem]:
-        """Rank doctors by recent interactions, then by rating and review count."""
-        hits = self._recent_interactions("doctor").subquery()
-        rows = db.session.execute(
-            select(Doctor, func.coalesce(hits.c.hits, 0))
-            .outerjoin(hits, hits.c.target_id == Doctor.id)
-            .order_by(
-                func.coalesce(hits.c.hits, 0).desc(),
-                Doctor.rating.desc(),
-                Doctor.review_count.desc(),
-                Doctor.name,
-            )
-            .limit(limit)
-        )
-        return [self._ranked(item, n) for item, n in rows]
-
-    @staticmethod
-    def _ranked(item: Any, hits: int) -> RankedItem:
-        reason = "popular" if hits else "catalog"
-        return RankedItem(item=item, score=float(hits), reason=reason)

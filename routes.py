@@ -19,7 +19,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import search_catalog
 from extensions import limiter
 from models import Category, Doctor, Package, Procedure, db, doctor_procedures
-from personalization_system import MAX_BATCH_EVENTS, Event, PersonalizationEngine
+from personalization_system import (
+    MAX_BATCH_EVENTS,
+    MAX_LIMIT,
+    Event,
+    PersonalizationEngine,
+)
 from visitor import (
     browser_fingerprint,
     current_visitor,
@@ -34,6 +39,14 @@ web = Blueprint("web", __name__)
 
 HOME_SECTION_SIZES = {"categories": 6, "procedures": 6, "doctors": 9}
 DOCTORS_ON_CATEGORY_PAGE = 9
+SIMILAR_PROCEDURES = 6
+# The recommendations API: its content types, their default sizes, its ceiling.
+RECOMMENDATION_LIMITS = {"categories": 6, "procedures": 6, "doctors": 9}
+ITEM_ENDPOINTS = {
+    "categories": "web.category",
+    "procedures": "web.procedure",
+    "doctors": "web.doctor",
+}
 TRACKING_BODY_LIMIT = 64 * 1024
 
 
@@ -67,13 +80,8 @@ def get_by_slug(model, slug: str):
 @web.get("/")
 def home():
     log_page_view()
-    ranking = engine()
-    return render_template(
-        "home.html",
-        categories=ranking.get_popular_categories(HOME_SECTION_SIZES["categories"]),
-        procedures=ranking.get_popular_procedures(HOME_SECTION_SIZES["procedures"]),
-        doctors=ranking.get_popular_doctors(HOME_SECTION_SIZES["doctors"]),
-    )
+    sections = engine().get_home_sections(current_visitor().id, HOME_SECTION_SIZES)
+    return render_template("home.html", **sections)
 
 
 @web.get("/categories")
@@ -133,7 +141,8 @@ def category(slug: str):
 def procedure(slug: str):
     item = get_by_slug(Procedure, slug)
     log_page_view("procedure", item.id)
-    return render_template("procedure.html", procedure=item)
+    similar = engine().get_similar_procedures(item.id, SIMILAR_PROCEDURES)
+    return render_template("procedure.html", procedure=item, similar=similar)
 
 
 @web.get("/doctors/<slug>")
@@ -238,6 +247,64 @@ def unpack_events(payload) -> tuple[list, str | None]:
     if len(events) > MAX_BATCH_EVENTS:
         return [], f"a batch holds at most {MAX_BATCH_EVENTS} events"
     return events, None
+
+
+@web.get("/personalization/recommendations/<content_type>")
+def recommendations(content_type: str):
+    """Ranked categories, procedures or doctors for this visitor, as JSON."""
+    if content_type not in RECOMMENDATION_LIMITS:
+        return {
+            "error": "content_type must be one of " + ", ".join(RECOMMENDATION_LIMITS)
+        }, 400
+    limit, error = parse_limit(
+        request.args.get("limit"), RECOMMENDATION_LIMITS[content_type]
+    )
+    if error:
+        return {"error": error}, 400
+    slug = request.args.get("item")
+    if slug is not None:
+        if content_type != "procedures":
+            return {"error": "item is only supported for procedures"}, 400
+        item = db.session.scalar(select(Procedure).where(Procedure.slug == slug))
+        if item is None:
+            return {"error": f"no procedure with slug {slug!r}"}, 404
+        ranking = engine().get_similar_procedures(item.id, limit)
+    else:
+        ranking = recommend(content_type, current_visitor().id, limit)
+    return {
+        "content_type": content_type,
+        "personalized": ranking.personalized,
+        "source": ranking.source,
+        "items": [
+            {
+                "id": entry.item.id,
+                "slug": entry.item.slug,
+                "name": entry.item.name,
+                "url": url_for(ITEM_ENDPOINTS[content_type], slug=entry.item.slug),
+                "score": entry.score,
+                "reason": entry.reason,
+            }
+            for entry in ranking
+        ],
+    }
+
+
+def recommend(content_type: str, visitor_id: str | None, limit: int):
+    ranking = engine()
+    if content_type == "categories":
+        return ranking.get_personalized_categories(visitor_id, limit)
+    if content_type == "procedures":
+        return ranking.get_personalized_procedures(visitor_id, limit)
+    return ranking.get_personalized_doctors(visitor_id, limit)
+
+
+def parse_limit(raw: str | None, default: int) -> tuple[int, str | None]:
+    """Read ?limit=: a whole number from 1 to MAX_LIMIT."""
+    if raw is None:
+        return default, None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        return default, f"limit must be a whole number from 1 to {MAX_LIMIT}"
+    return int(raw), None
 
 
 @web.post("/personalization/forget")

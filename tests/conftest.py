@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 # write one into the checkout's instance/ folder.
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 
+from app import create_app  # noqa: E402
+from demo_catalog import seed_demo_catalog  # noqa: E402
 from helpers import (  # noqa: E402
     Browser,
     app_config,
@@ -19,9 +21,6 @@ from helpers import (  # noqa: E402
     empty_all_tables,
     migrate_to_head,
 )
-
-from app import create_app  # noqa: E402
-from demo_catalog import seed_demo_catalog  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ import threading
 from datetime import timedelta
 
 import pytest
-from helpers import catalog_id
 from sqlalchemy import select
 
+from helpers import catalog_id
 from models import (
     Category,
     Doctor,
@@ -120,9 +120,8 @@ def test_reads_apply_the_same_decay_without_a_write(catalog):
 
 
 def test_negative_weights_lower_affinity_but_not_below_zero(database_url, catalog):
-    from helpers import app_config
-
     from app import create_app
+    from helpers import app_config
 
     app = create_app(app_config(database_url, INTERACTION_WEIGHTS={"hide": -0.15}))
     category = catalog_id(app, Category, "injectables")

@@ -3,10 +3,10 @@
 from datetime import timedelta
 
 import pytest
-from helpers import app_config, catalog_id
 from sqlalchemy import func, insert, select
 
 from app import create_app
+from helpers import app_config, catalog_id
 from models import Category, UserCategoryAffinity, UserInteraction, db, utcnow
 
 

@@ -1,10 +1,10 @@
 """Failures look like a product, not a traceback: 503 when the database is down."""
 
 import pytest
-from helpers import app_config
 from sqlalchemy.engine import make_url
 
 from app import create_app
+from helpers import app_config
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from helpers import app_config, create_postgres_database, drop_postgres_database
 from sqlalchemy import inspect
 
 from app import create_app
+from helpers import app_config, create_postgres_database, drop_postgres_database
 from models import db
 
 

@@ -4,11 +4,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import app_config
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app import create_app
+from helpers import app_config
 from models import Category, UserCategoryAffinity, UserInteraction, db
 
 

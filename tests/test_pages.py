@@ -37,6 +37,7 @@ def test_home_shows_three_full_sections(client, catalog):
 
 
 def test_home_orders_sections_by_recent_popularity(client, catalog):
+    """Popularity rebuilt from the log by `refresh` orders the home page."""
     with catalog.app_context():
         rhinoplasty = db.session.scalars(
             select(Procedure).filter_by(slug="rhinoplasty")
@@ -68,6 +69,7 @@ def test_home_orders_sections_by_recent_popularity(client, catalog):
                 )
             )
         db.session.commit()
+        catalog.extensions["personalization_engine"].refresh_statistics()
         doctor_name = doctor.name
     html = client.get("/").get_data(as_text=True)
     assert card_titles(html, "procedures")[0] == "Rhinoplasty"

@@ -1,10 +1,10 @@
 """Privacy controls: GPC, DNT, opt-out, opt-in consent, and erasure."""
 
 import pytest
-from helpers import Browser, app_config, catalog_id, stored_interactions
 from sqlalchemy import func, select
 
 from app import create_app
+from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Procedure, UserCategoryAffinity, db
 
 TRACKER = "/static/js/personalization.js"

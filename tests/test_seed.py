@@ -81,9 +81,8 @@ def test_seed_if_empty_leaves_an_existing_catalog_alone(runner, app):
 
 
 def test_seed_command_fails_clearly_without_a_schema(tmp_path):
-    from helpers import app_config
-
     from app import create_app
+    from helpers import app_config
 
     app = create_app(app_config(f"sqlite:///{tmp_path}/unmigrated.db"))
     result = app.test_cli_runner().invoke(args=["seed-demo"])

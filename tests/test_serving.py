@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import fetch, gunicorn_command, wait_until_up
 
 PROJECT = Path(__file__).resolve().parent.parent

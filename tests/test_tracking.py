@@ -4,9 +4,9 @@ import hashlib
 import re
 
 import pytest
-from helpers import Browser, app_config, catalog_id, stored_interactions
 
 from app import create_app
+from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Doctor, Procedure
 from personalization_system import PersonalizationEngine
 

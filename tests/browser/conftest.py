@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import gunicorn_command, skip_or_fail, wait_until_up
 
 PROJECT = Path(__file__).resolve().parents[2]

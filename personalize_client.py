@@ -1,0 +1,289 @@
+"""The AWS Personalize adapter (boto3): re-ranking, similar items and event
+streaming, with strict timeouts and a circuit breaker, behind a small interface
+that the local engine also satisfies with NullReranker."""
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# Limits of the Personalize APIs. botocore's Stubber checks required fields and
+# types but not these maximums, so they are enforced here.
+MAX_RERANK_ITEMS = 500
+MAX_EVENTS_PER_CALL = 10
+MAX_IMPRESSION_IDS = 25
+MAX_PROPERTIES_CHARS = 1024
+MAX_SIMILAR_RESULTS = 500
+
+
+class Reranker(Protocol):
+    """Re-orders the local engine's candidates; None means "keep the local order"."""
+
+    enabled: bool
+
+    def rerank(
+        self, user_id: str, item_ids: list[str]
+    ) -> list[tuple[str, float]] | None: ...
+
+    def similar_items(
+        self, item_id: str, limit: int
+    ) -> list[tuple[str, float]] | None: ...
+
+
+class NullReranker:
+    """The local engine alone: no cloud calls, local order everywhere."""
+
+    enabled = False
+
+    def rerank(self, user_id: str, item_ids: list[str]) -> None:
+        return None
+
+    def similar_items(self, item_id: str, limit: int) -> None:
+        return None
+
+
+class PersonalizeUnavailable(RuntimeError):
+    """Personalize did not accept a call (error, timeout, or the circuit is open)."""
+
+
+class CircuitBreaker:
+    """Stops calling a failing service for a cool-down, then lets one call through.
+
+    After `failure_threshold` failures in a row the circuit opens: calls are
+    refused at once, so pages do not wait on timeouts. After `cooldown_seconds`
+    one trial call is allowed; success closes the circuit, failure reopens it.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        cooldown_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.failure_threshold = failure_threshold
+        self.cooldown_seconds = cooldown_seconds
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial_running = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self.opened_at is None:
+                return True
+            if self._trial_running:
+                return False
+            if self.clock() - self.opened_at >= self.cooldown_seconds:
+                self._trial_running = True
+                return True
+            return False
+
+    def record_success(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self.opened_at = None
+            self._trial_running = False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            self._trial_running = False
+            if self.failures >= self.failure_threshold:
+                if self.opened_at is None:
+                    log.warning(
+                        "Personalize circuit opened after %d failures", self.failures
+                    )
+                self.opened_at = self.clock()
+
+
+def personalize_event(
+    event_id: str,
+    event_type: str,
+    item_id: str,
+    event_value: float,
+    sent_at: datetime,
+    properties: dict | None = None,
+    impression: list[str] | None = None,
+) -> dict[str, Any]:
+    """Build one PutEvents entry, within the API's limits.
+
+    Properties longer than 1 KB are dropped (not cut, which would break their
+    JSON); impressions keep their first 25 ids.
+    """
+    event: dict[str, Any] = {
+        "eventId": event_id,
+        "eventType": event_type,
+        "itemId": item_id,
+        "eventValue": float(event_value),
+        "sentAt": sent_at,
+    }
+    if properties:
+        encoded = json.dumps(properties, separators=(",", ":"))
+        if len(encoded) <= MAX_PROPERTIES_CHARS:
+            event["properties"] = encoded
+        else:
+            log.info("event %s: properties over %d chars dropped", event_id, 1024)
+    if impression:
+        event["impression"] = impression[:MAX_IMPRESSION_IDS]
+    return event
+
+
+class PersonalizeClient:
+    """Calls personalize-runtime and personalize-events through boto3.
+
+    Every call is bounded by the client's connect and read timeouts; failures
+    open the circuit breaker, and the caller falls back to the local ranking.
+    """
+
+    def __init__(
+        self,
+        *,
+        campaign_arn: str = "",
+        sims_campaign_arn: str = "",
+        tracking_id: str = "",
+        runtime_client: Any = None,
+        events_client: Any = None,
+        breaker: CircuitBreaker | None = None,
+        events_breaker: CircuitBreaker | None = None,
+    ):
+        self.campaign_arn = campaign_arn
+        self.sims_campaign_arn = sims_campaign_arn
+        self.tracking_id = tracking_id
+        self.runtime = runtime_client
+        self.events = events_client
+        # Separate circuits: a streaming problem must not switch off re-ranking.
+        self.breaker = breaker or CircuitBreaker()
+        self.events_breaker = events_breaker or CircuitBreaker()
+        self.enabled = bool(campaign_arn)
+
+    @classmethod
+    def from_config(cls, config) -> "PersonalizeClient":
+        """Build boto3 clients from the app's AWS_PERSONALIZE_* settings."""
+        import boto3
+        from botocore.config import Config
+
+        def client(service: str, attempts: int):
+            return boto3.client(
+                service,
+                region_name=config["AWS_REGION"],
+                endpoint_url=config["AWS_PERSONALIZE_ENDPOINT_URL"] or None,
+                config=Config(
+                    connect_timeout=config["AWS_PERSONALIZE_CONNECT_TIMEOUT"],
+                    read_timeout=config["AWS_PERSONALIZE_READ_TIMEOUT"],
+                    retries={"max_attempts": attempts, "mode": "standard"},
+                ),
+            )
+
+        return cls(
+            campaign_arn=config["AWS_PERSONALIZE_CAMPAIGN_ARN"],
+            sims_campaign_arn=config["AWS_PERSONALIZE_SIMS_CAMPAIGN_ARN"],
+            tracking_id=config["AWS_PERSONALIZE_TRACKING_ID"],
+            # A retry on the page path would double a slow answer's wait; the
+            # breaker and the local order handle failures instead.
+            runtime_client=client("personalize-runtime", 1),
+            events_client=client(
+                "personalize-events", config["AWS_PERSONALIZE_MAX_ATTEMPTS"]
+            ),
+            breaker=CircuitBreaker(
+                config["AWS_PERSONALIZE_FAILURE_THRESHOLD"],
+                config["AWS_PERSONALIZE_COOLDOWN_SECONDS"],
+            ),
+            events_breaker=CircuitBreaker(
+                config["AWS_PERSONALIZE_FAILURE_THRESHOLD"],
+                config["AWS_PERSONALIZE_COOLDOWN_SECONDS"],
+            ),
+        )
+
+    def _call(
+        self, operation: str, call: Callable[[], Any], breaker: CircuitBreaker
+    ) -> Any:
+        """Run one API call through a breaker; raise PersonalizeUnavailable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not breaker.allow():
+            raise PersonalizeUnavailable("circuit open")
+        started = time.perf_counter()
+        try:
+            response = call()
+        except (BotoCoreError, ClientError) as error:
+            breaker.record_failure()
+            log.warning(
+                "Personalize %s failed after %.0f ms: %s",
+                operation,
+                (time.perf_counter() - started) * 1000,
+                error,
+            )
+            raise PersonalizeUnavailable(str(error)) from error
+        breaker.record_success()
+        return response
+
+    def rerank(
+        self, user_id: str, item_ids: list[str]
+    ) -> list[tuple[str, float]] | None:
+        """Order candidates with GetPersonalizedRanking; None to keep local order."""
+        if not self.campaign_arn or not item_ids:
+            return None
+        try:
+            response = self._call(
+                "GetPersonalizedRanking",
+                lambda: self.runtime.get_personalized_ranking(
+                    campaignArn=self.campaign_arn,
+                    userId=user_id,
+                    inputList=item_ids[:MAX_RERANK_ITEMS],
+                ),
+                self.breaker,
+            )
+        except PersonalizeUnavailable:
+            return None
+        return [
+            (entry["itemId"], float(entry.get("score", 0.0)))
+            for entry in response.get("personalizedRanking", [])
+        ]
+
+    def similar_items(self, item_id: str, limit: int) -> list[tuple[str, float]] | None:
+        """Items like this one from the SIMS campaign; None when not configured."""
+        if not self.sims_campaign_arn:
+            return None
+        try:
+            response = self._call(
+                "GetRecommendations",
+                lambda: self.runtime.get_recommendations(
+                    campaignArn=self.sims_campaign_arn,
+                    itemId=item_id,
+                    numResults=min(limit, MAX_SIMILAR_RESULTS),
+                ),
+                self.breaker,
+            )
+        except PersonalizeUnavailable:
+            return None
+        return [
+            (entry["itemId"], float(entry.get("score", 0.0)))
+            for entry in response.get("itemList", [])
+        ]
+
+    def put_events(self, user_id: str, session_id: str, events: list[dict]) -> None:
+        """Send up to 10 events of one visitor session; raise if not accepted."""
+        if not self.tracking_id:
+            raise PersonalizeUnavailable("AWS_PERSONALIZE_TRACKING_ID is not set")
+        if not 1 <= len(events) <= MAX_EVENTS_PER_CALL:
+            raise ValueError(f"PutEvents takes 1 to {MAX_EVENTS_PER_CALL} events")
+        self._call(
+            "PutEvents",
+            lambda: self.events.put_events(
+                trackingId=self.tracking_id,
+                userId=user_id,
+                sessionId=session_id,
+                eventList=events,
+            ),
+            self.events_breaker,
+        )
