@@ -2,6 +2,7 @@
 
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -9,8 +10,15 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from demo_catalog import catalog_is_empty, seed_demo_catalog
-from models import UserCategoryAffinity, UserInteraction, db, utcnow
+from models import (
+    PersonalizeOutbox,
+    UserCategoryAffinity,
+    UserInteraction,
+    db,
+    utcnow,
+)
 from personalization_system import AFFINITY_FLOOR
+from personalize_export import export_datasets
 
 
 @click.command("seed-demo")
@@ -70,14 +78,12 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
     days = days or current_app.config["INTERACTION_RETENTION_DAYS"]
     engine = current_app.extensions["personalization_engine"]
     now = utcnow()
+    cutoff = now - timedelta(days=days)
     started = time.monotonic()
     work = [
-        (
-            "interactions",
-            UserInteraction,
-            engine.expired_interactions(now - timedelta(days=days)),
-        ),
+        ("interactions", UserInteraction, engine.expired_interactions(cutoff)),
         ("affinities", UserCategoryAffinity, engine.faded_affinities(now)),
+        ("delivered events", PersonalizeOutbox, engine.delivered_events(cutoff)),
     ]
     summary = {}
     try:
@@ -100,10 +106,71 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
         ) from error
     verb = "Would delete" if dry_run else "Deleted"
     click.echo(
-        f"{verb} {summary['interactions']} interactions older than {days} days and "
-        f"{summary['affinities']} affinities below {AFFINITY_FLOOR} "
+        f"{verb} {summary['interactions']} interactions older than {days} days, "
+        f"{summary['affinities']} affinities below {AFFINITY_FLOOR} and "
+        f"{summary['delivered events']} delivered Personalize events "
         f"in {time.monotonic() - started:.2f}s."
     )
+
+
+@personalization.command("refresh")
+def refresh_command() -> None:
+    """Rebuild item popularity and co-visitation from the interaction log."""
+    engine = current_app.extensions["personalization_engine"]
+    started = time.monotonic()
+    try:
+        counts = engine.refresh_statistics()
+    except SQLAlchemyError as error:
+        db.session.rollback()
+        raise click.ClickException(f"refresh failed: {error}") from error
+    click.echo(
+        f"Rebuilt {counts['item_popularity']} popularity rows and "
+        f"{counts['procedure_covisitation']} co-visitation pairs "
+        f"in {time.monotonic() - started:.2f}s."
+    )
+
+
+@personalization.command("sync-events")
+@click.option(
+    "--max-events",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Events to deliver in this run.",
+)
+def sync_events_command(max_events: int) -> None:
+    """Deliver queued interactions to AWS Personalize (PutEvents)."""
+    client = current_app.extensions.get("personalize_client")
+    if client is None or not client.tracking_id:
+        raise click.ClickException(
+            "Personalize event streaming is off: set AWS_PERSONALIZE_ENABLED=true "
+            "and AWS_PERSONALIZE_TRACKING_ID."
+        )
+    engine = current_app.extensions["personalization_engine"]
+    result = engine.sync_personalize_events(client, max_events=max_events)
+    click.echo(f"Sent {result['sent']} events; {result['pending']} still queued.")
+    if result["failed"]:
+        raise click.ClickException(
+            "Personalize did not accept a batch; it stays queued for the next run."
+        )
+
+
+@personalization.command("export")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the CSV files and their schemas (created if missing).",
+)
+def export_command(output_dir: Path) -> None:
+    """Write interactions, items and users for a Personalize dataset import."""
+    engine = current_app.extensions["personalization_engine"]
+    try:
+        written = export_datasets(output_dir, engine.weights)
+    except (OSError, SQLAlchemyError) as error:
+        raise click.ClickException(f"export failed: {error}") from error
+    for name, count in written.items():
+        click.echo(f"{output_dir / (name + '.csv')}: {count} rows")
 
 
 def register_commands(app: Flask) -> None:

@@ -180,7 +180,7 @@ class PersonalizeClient:
                 config=Config(
                     connect_timeout=config["AWS_PERSONALIZE_CONNECT_TIMEOUT"],
                     read_timeout=config["AWS_PERSONALIZE_READ_TIMEOUT"],
-                    retries={"max_attempts": attempts, "mode": "standard"},
+                    retries={"total_max_attempts": attempts, "mode": "standard"},
                 ),
             )
 

@@ -70,7 +70,7 @@ def history(catalog):
 def test_dry_run_counts_and_deletes_nothing(history, runner):
     result = runner.invoke(args=["personalization", "cleanup", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "Would delete 4 interactions older than 90 days and 1 affinities" in (
+    assert "Would delete 4 interactions older than 90 days, 1 affinities" in (
         result.output
     )
     assert len(interaction_ages(history)) == 7
@@ -80,7 +80,7 @@ def test_dry_run_counts_and_deletes_nothing(history, runner):
 def test_cleanup_deletes_only_what_is_past_the_cutoff(history, runner):
     result = runner.invoke(args=["personalization", "cleanup", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
-    assert "Deleted 4 interactions older than 90 days and 1 affinities" in result.output
+    assert "Deleted 4 interactions older than 90 days, 1 affinities" in result.output
     assert interaction_ages(history) == [1, 30, 89]
     assert affinity_users(history) == {"fresh", "strong-old"}
     again = runner.invoke(args=["personalization", "cleanup"])

@@ -1,0 +1,317 @@
+"""The local ranking engine and the recommendations API."""
+
+import re
+
+import pytest
+from sqlalchemy import event, select
+
+from helpers import Browser, catalog_id
+from models import (
+    Category,
+    Doctor,
+    ItemPopularity,
+    Procedure,
+    ProcedureCovisitation,
+    db,
+    doctor_procedures,
+)
+from personalization_system import Event
+
+API = "/personalization/recommendations/"
+
+
+def engine_of(app):
+    return app.extensions["personalization_engine"]
+
+
+def record(app, user_id, *events):
+    with app.app_context():
+        engine_of(app).record_interactions(user_id, "s", list(events))
+
+
+def views(*procedure_ids):
+    return [Event("view", "procedure", pid) for pid in procedure_ids]
+
+
+def procedure_ids(app, category_slug) -> list[int]:
+    with app.app_context():
+        return list(
+            db.session.scalars(
+                select(Procedure.id)
+                .join(Category)
+                .where(Category.slug == category_slug)
+                .order_by(Procedure.id)
+            )
+        )
+
+
+def section(html: str, section_id: str) -> list[str]:
+    start = html.index(f'id="{section_id}"')
+    part = html[start : html.index("</section>", start)]
+    return re.findall(r'data-track-type="\w+" data-track-id="(\d+)"', part)
+
+
+def test_a_fresh_visitor_sees_full_popular_sections(catalog, browser):
+    html = browser.get("/").get_data(as_text=True)
+    assert [len(section(html, s)) for s in ("categories", "procedures", "doctors")] == [
+        6,
+        6,
+        9,
+    ]
+    for content_type, size in (("categories", 6), ("procedures", 6), ("doctors", 9)):
+        body = browser.get(API + content_type).get_json()
+        assert body["source"] == "popular" and body["personalized"] is False
+        assert len(body["items"]) == size
+
+
+def test_clicking_a_categorys_procedures_puts_it_first_everywhere(catalog, browser):
+    hair = catalog_id(catalog, Category, "hair-restoration")
+    hair_procedures = procedure_ids(catalog, "hair-restoration")
+    browser.get("/")
+    for pid in hair_procedures[:3]:
+        assert (
+            browser.track(
+                {
+                    "interaction_type": "click",
+                    "target_type": "procedure",
+                    "target_id": pid,
+                }
+            ).status_code
+            == 202
+        )
+    with catalog.app_context():
+        hair_doctors = set(
+            db.session.scalars(
+                select(doctor_procedures.c.doctor_id).where(
+                    doctor_procedures.c.procedure_id.in_(hair_procedures)
+                )
+            )
+        )
+    html = browser.get("/").get_data(as_text=True)
+    assert section(html, "categories")[0] == str(hair)
+    assert set(map(int, section(html, "procedures")[:3])) <= set(hair_procedures)
+    assert int(section(html, "doctors")[0]) in hair_doctors
+
+    categories = browser.get(API + "categories").get_json()
+    assert categories["items"][0]["id"] == hair
+    assert categories["items"][0]["reason"] == "affinity"
+    assert categories["personalized"] is True and categories["source"] == "mixed"
+    procedures = browser.get(API + "procedures").get_json()
+    assert procedures["source"] in ("affinity", "mixed")
+    assert procedures["items"][0]["id"] in hair_procedures
+    doctors = browser.get(API + "doctors").get_json()
+    assert doctors["items"][0]["id"] in hair_doctors
+
+
+def test_fallbacks_fill_the_section_without_repeats(catalog):
+    skin = catalog_id(catalog, Category, "skin-tightening")
+    record(catalog, "v" * 32, Event("click", "category", skin))
+    with catalog.app_context():
+        ranking = engine_of(catalog).get_personalized_categories("v" * 32, 6)
+    ids = [entry.item.id for entry in ranking]
+    assert len(ids) == 6 == len(set(ids))
+    assert ids[0] == skin
+    assert [entry.reason for entry in ranking] == ["affinity"] + ["popular"] * 5
+    assert ranking.source == "mixed"
+
+
+def test_every_ranking_has_its_full_count_on_an_empty_log(catalog):
+    with catalog.app_context():
+        engine = engine_of(catalog)
+        for limit in (1, 6, 8):
+            assert len(engine.get_personalized_categories(None, limit)) == limit
+        assert len(engine.get_personalized_procedures("x" * 32, 50)) == 50
+        assert len(engine.get_personalized_doctors("x" * 32, 40)) == 40
+
+
+def test_catalog_order_before_any_interaction(catalog):
+    with catalog.app_context():
+        engine = engine_of(catalog)
+        categories = [e.item.slug for e in engine.get_popular_categories(3)]
+        doctors = [e.item for e in engine.get_popular_doctors(9)]
+    assert categories == ["injectables", "skin-resurfacing", "laser-and-light"]
+    ratings = [(d.rating, d.review_count) for d in doctors]
+    assert ratings == sorted(ratings, reverse=True)
+
+
+def test_covisitation_recommends_what_similar_visitors_viewed(catalog):
+    botox, rhinoplasty, laser = (
+        catalog_id(catalog, Procedure, slug)
+        for slug in ("botox", "rhinoplasty", "laser-hair-removal")
+    )
+    for visitor in ("a", "b", "c"):
+        record(catalog, visitor * 32, *views(botox, rhinoplasty))
+    record(catalog, "d" * 32, *views(botox, laser))
+    record(catalog, "new".ljust(32, "x"), *views(botox))
+    with catalog.app_context():
+        engine = engine_of(catalog)
+        similar = engine.get_similar_procedures(botox, 6)
+        ranking = engine.get_personalized_procedures("new".ljust(32, "x"), 6)
+    assert [e.item.id for e in similar][:2] == [rhinoplasty, laser]
+    assert similar.items[0].reason == "also_viewed"
+    assert rhinoplasty in [e.item.id for e in ranking]
+    reasons = {e.item.id: e.reason for e in ranking}
+    assert reasons[rhinoplasty] == "also_viewed"
+
+
+def test_covisitation_is_normalized_so_blockbusters_do_not_dominate(catalog):
+    botox, niche, blockbuster = (
+        catalog_id(catalog, Procedure, slug)
+        for slug in ("botox", "otoplasty", "laser-hair-removal")
+    )
+    # Botox and the niche procedure share their 3 visitors; the blockbuster shares
+    # 4 of Botox's visitors but is seen by 40 others.
+    for i in range(3):
+        record(catalog, f"niche{i}".ljust(32, "x"), *views(botox, niche))
+    for i in range(4):
+        record(catalog, f"both{i}".ljust(32, "x"), *views(botox, blockbuster))
+    for i in range(40):
+        record(catalog, f"crowd{i}".ljust(32, "x"), *views(blockbuster))
+    with catalog.app_context():
+        scores = engine_of(catalog).covisitation_scores([botox])
+    assert scores[niche] > scores[blockbuster]
+
+
+def test_similar_procedures_fall_back_to_the_same_category(catalog, client):
+    botox = catalog_id(catalog, Procedure, "botox")
+    injectables = set(procedure_ids(catalog, "injectables"))
+    with catalog.app_context():
+        similar = engine_of(catalog).get_similar_procedures(botox, 6)
+    ids = [e.item.id for e in similar]
+    assert len(ids) == 6 and botox not in ids
+    assert set(ids) <= injectables
+    assert {e.reason for e in similar} == {"same_category"}
+    html = client.get("/procedures/botox").get_data(as_text=True)
+    assert "Similar procedures" in html
+    assert len(section(html, "similar")) == 6
+
+
+def test_incremental_statistics_match_a_full_refresh(catalog):
+    botox, dysport, peel = (
+        catalog_id(catalog, Procedure, slug)
+        for slug in ("botox", "dysport", "chemical-peel")
+    )
+    doctor = catalog_id(catalog, Doctor, "dr-sofia-vargas")
+    record(catalog, "a" * 32, *views(botox, dysport), Event("click", "doctor", doctor))
+    record(catalog, "b" * 32, *views(dysport, peel))
+    record(catalog, "a" * 32, *views(peel, botox))
+
+    def snapshot():
+        with catalog.app_context():
+            popularity = {
+                (r.target_type, r.target_id): (round(r.score, 4), r.visitors)
+                for r in db.session.scalars(select(ItemPopularity))
+                if r.target_type != "category"
+            }
+            categories = {
+                r.target_id: round(r.score, 4)
+                for r in db.session.scalars(select(ItemPopularity))
+                if r.target_type == "category"
+            }
+            pairs = {
+                (r.procedure_id, r.other_id): r.visitors
+                for r in db.session.scalars(select(ProcedureCovisitation))
+            }
+        return popularity, categories, pairs
+
+    incremental = snapshot()
+    with catalog.app_context():
+        engine_of(catalog).refresh_statistics()
+    refreshed = snapshot()
+    assert incremental == refreshed
+    assert refreshed[2][(botox, dysport)] == 1 and refreshed[2][(dysport, peel)] == 2
+
+
+def test_rankings_never_scan_the_interaction_log(catalog):
+    """Every query a ranking makes on user_interactions is limited to one visitor."""
+    visitor = "a" * 32
+    record(catalog, visitor, *views(*procedure_ids(catalog, "injectables")[:3]))
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    with catalog.app_context():
+        engine = engine_of(catalog)
+        event.listen(db.engine, "before_cursor_execute", capture)
+        try:
+            engine.get_home_sections(
+                visitor, {"categories": 6, "procedures": 6, "doctors": 9}
+            )
+            engine.get_similar_procedures(catalog_id(catalog, Procedure, "botox"), 6)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", capture)
+    touching_log = [s for s in statements if "user_interactions" in s]
+    assert touching_log, "the visitor's history is read"
+    for statement in touching_log:
+        assert re.search(r"user_interactions\.user_id = ", statement), statement
+    assert len(statements) <= 16
+
+
+def test_popular_rankings_are_cached_briefly(catalog):
+    statements = []
+    with catalog.app_context():
+        engine = engine_of(catalog)
+        engine.get_popular_procedures(6)
+        event.listen(
+            db.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+        )
+        engine.get_popular_procedures(6)
+    assert not [s for s in statements if "item_popularity" in s]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("clinics", 400, "content_type must be one of categories, procedures, doctors"),
+        ("procedures?limit=0", 400, "limit must be a whole number from 1 to 50"),
+        ("procedures?limit=51", 400, "limit must be a whole number from 1 to 50"),
+        ("procedures?limit=abc", 400, "limit must be a whole number"),
+        ("procedures?limit=-3", 400, "limit must be a whole number"),
+        ("doctors?item=botox", 400, "item is only supported for procedures"),
+        ("procedures?item=no-such-thing", 404, "no procedure with slug"),
+    ],
+)
+def test_recommendation_errors_are_json(catalog, client, path, status, message):
+    response = client.get(API + path)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+def test_recommendations_shape_and_limits(catalog, browser):
+    body = browser.get(API + "procedures?limit=3").get_json()
+    assert set(body) == {"content_type", "personalized", "source", "items"}
+    assert body["content_type"] == "procedures"
+    assert len(body["items"]) == 3
+    first = body["items"][0]
+    assert set(first) == {"id", "slug", "name", "url", "score", "reason"}
+    assert first["url"] == f"/procedures/{first['slug']}"
+    assert len(browser.get(API + "doctors?limit=50").get_json()["items"]) == 40
+    similar = browser.get(API + "procedures?item=botox&limit=4").get_json()
+    assert len(similar["items"]) == 4
+    assert "botox" not in [item["slug"] for item in similar["items"]]
+
+
+def test_the_visitor_id_is_never_returned(catalog, browser):
+    browser.get("/procedures/botox")
+    with catalog.app_context():
+        from models import UserInteraction
+
+        visitor_id = db.session.scalar(select(UserInteraction.user_id))
+    for content_type in ("categories", "procedures", "doctors"):
+        text = browser.get(API + content_type).get_data(as_text=True)
+        assert visitor_id not in text
+
+
+def test_untracked_visitors_get_popular_recommendations(catalog):
+    private = Browser(catalog, headers={"Sec-GPC": "1"})
+    body = private.get(API + "categories").get_json()
+    assert body["source"] == "popular" and body["personalized"] is False
+
+
+def test_refresh_command_reports_what_it_rebuilt(catalog, runner):
+    record(catalog, "a" * 32, *views(*procedure_ids(catalog, "injectables")[:2]))
+    result = runner.invoke(args=["personalization", "refresh"])
+    assert result.exit_code == 0, result.output
+    assert "co-visitation pairs" in result.output
+    assert "2 co-visitation pairs" in result.output
