@@ -7,7 +7,7 @@ PORT ?= 5000
 WORKERS ?= 4
 FLASK := $(BIN)/flask --app app
 
-.PHONY: run serve test lint format install install-dev migrate seed clean
+.PHONY: run serve test bench lint format install install-dev migrate seed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+## bench: benchmarks on SQLite and PostgreSQL; results written into BENCHMARKS.md
+bench: install-dev
+	$(BIN)/python bench/ranking_latency.py --write BENCHMARKS.md
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import fingerprint_key, settings_from_environment
+from config import fingerprint_key, normalize_database_url, settings_from_environment
 from extensions import csrf, limiter, migrate
 from models import db
 
@@ -29,6 +29,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(settings_from_environment(app.instance_path))
     if config:
         app.config.update(config)
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
+        app.config["SQLALCHEMY_DATABASE_URI"]
+    )
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
         engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),

@@ -286,6 +286,13 @@ def reorder(
     return ordered + leftover
 
 
+def ranking_source(personal: int, limit: int) -> str:
+    """Name what filled a ranking: all personal, some (then popular), or none."""
+    if not personal:
+        return "popular"
+    return "affinity" if personal >= limit else "mixed"
+
+
 def row_count(table) -> int:
     """Count a table's rows."""
     return db.session.scalar(select(func.count()).select_from(table))
@@ -1115,32 +1122,21 @@ class PersonalizationEngine:
             key=lambda entry: (-entry[1], entry[0]),
         )[:limit]
         shown = {procedure_id} | {pid for pid, _, _ in covisited}
-        category_id = db.session.scalar(
-            select(Procedure.category_id).where(Procedure.id == procedure_id)
+        its_category = (
+            select(Procedure.category_id)
+            .where(Procedure.id == procedure_id)
+            .scalar_subquery()
         )
         same_category = set(
             db.session.scalars(
-                select(Procedure.id).where(Procedure.category_id == category_id)
+                select(Procedure.id).where(Procedure.category_id == its_category)
             )
         )
-        fill = [
-            (pid, score, "same_category")
-            for pid, score in self.popular("procedure", MAX_LIMIT, exclude=shown)
-            if pid in same_category
-        ]
-        fill += [
-            (pid, score, "popular")
-            for pid, score in self.popular("procedure", limit, exclude=shown)
-            if pid not in same_category
-        ]
+        popular = self.popular("procedure", POPULAR_CACHE_SIZE, exclude=shown)
+        fill = [(p, s, "same_category") for p, s in popular if p in same_category]
+        fill += [(p, s, "popular") for p, s in popular if p not in same_category]
         items = (covisited + fill)[:limit]
-        source = (
-            "affinity"
-            if len(covisited) >= limit
-            else "mixed"
-            if covisited
-            else "popular"
-        )
+        source = ranking_source(len(covisited), limit)
         return Ranking(self._load("procedure", items), source)
 
     def _finish(
@@ -1167,12 +1163,7 @@ class PersonalizationEngine:
                 target_type, pool - len(candidates), exclude=shown
             )
         ]
-        if not personal:
-            source = "popular"
-        elif len(personal) >= limit:
-            source = "affinity"
-        else:
-            source = "mixed"
+        source = ranking_source(len(personal), limit)
         if personal and self.reranker.enabled:
             ranked = self.reranker.rerank(
                 user_id, [f"{target_type}:{item_id}" for item_id, _, _ in candidates]

@@ -55,6 +55,28 @@ def test_three_clicks_send_one_batch(site, page):
     scores = site.query("SELECT affinity_score FROM user_category_affinity")
     assert scores and scores[0][0] == pytest.approx(0.1 + 0.9, abs=0.01)
 
+    # After a reload, that category, its procedures and its doctors lead.
+    injectables = site.query("SELECT id FROM categories WHERE slug='injectables'")[0][0]
+    clicked = {e["target_id"] for e in events}
+    page.goto(site.base_url + "/")
+    first = page.locator("#categories a[data-track-type]").first
+    assert int(first.get_attribute("data-track-id")) == injectables
+    leading = int(
+        page.locator("#procedures a[data-track-type]").first.get_attribute(
+            "data-track-id"
+        )
+    )
+    assert site.query("SELECT category_id FROM procedures WHERE id = ?", leading) == [
+        (injectables,)
+    ]
+    doctor = int(
+        page.locator("#doctors a[data-track-type]").first.get_attribute("data-track-id")
+    )
+    performed = site.query(
+        "SELECT procedure_id FROM doctor_procedures WHERE doctor_id = ?", doctor
+    )
+    assert clicked & {pid for (pid,) in performed}
+
 
 def test_navigating_right_after_a_click_loses_nothing(site, page):
     page.goto(site.base_url + "/")
