@@ -36,6 +36,10 @@ def create_app(config: dict | None = None) -> Flask:
         "SQLALCHEMY_ENGINE_OPTIONS",
         engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
     )
+    if app.config["AMPLITUDE_EXPOSE_VISITOR_ID"] is None:
+        app.config["AMPLITUDE_EXPOSE_VISITOR_ID"] = bool(
+            app.config["AMPLITUDE_WEBHOOK_SECRET"]
+        )
     if not app.config.get("FINGERPRINT_SECRET"):
         app.config["FINGERPRINT_SECRET"] = fingerprint_key(app.config["SECRET_KEY"])
     configure_logging(app)
@@ -49,8 +53,12 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["personalization_engine"] = build_engine(app)
 
     from routes import web
+    from webhooks import webhooks
 
     app.register_blueprint(web)
+    # Amplitude cannot send a CSRF token; the webhook checks its own secret.
+    csrf.exempt(webhooks)
+    app.register_blueprint(webhooks)
 
     from commands import register_commands
 
@@ -66,6 +74,7 @@ def create_app(config: dict | None = None) -> Flask:
             "visitor": current_visitor(),
             "consent_mode": app.config["CONSENT_MODE"],
             "tracker_debounce_ms": app.config["TRACKER_DEBOUNCE_MS"],
+            "expose_visitor_id": app.config["AMPLITUDE_EXPOSE_VISITOR_ID"],
         }
 
     app.after_request(set_visitor_cookie)

@@ -9,11 +9,13 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from amplitude import expired_keys
 from demo_catalog import catalog_is_empty, seed_demo_catalog
 from models import (
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
+    WebhookEventKey,
     db,
     utcnow,
 )
@@ -84,6 +86,7 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
         ("interactions", UserInteraction, engine.expired_interactions(cutoff)),
         ("affinities", UserCategoryAffinity, engine.faded_affinities(now)),
         ("delivered events", PersonalizeOutbox, engine.delivered_events(cutoff)),
+        ("webhook keys", WebhookEventKey, expired_keys(now)),
     ]
     summary = {}
     try:
@@ -108,7 +111,8 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
     click.echo(
         f"{verb} {summary['interactions']} interactions older than {days} days, "
         f"{summary['affinities']} affinities below {AFFINITY_FLOOR} and "
-        f"{summary['delivered events']} delivered Personalize events "
+        f"{summary['delivered events']} delivered Personalize events and "
+        f"{summary['webhook keys']} expired webhook keys "
         f"in {time.monotonic() - started:.2f}s."
     )
 

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
     """A setting in the environment has a value the site cannot use."""
 
 
-def env_bool(name: str, default: bool) -> bool:
+def env_bool(name: str, default: bool | None) -> bool | None:
     """Read a true/false setting; accept the usual spellings, reject anything else."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -148,6 +148,13 @@ def settings_from_environment(instance_path: str) -> dict:
             "COVISITATION_WEIGHT", 0.4, float, minimum=0.0, maximum=1.0
         ),
         **personalize_settings(),
+        "AMPLITUDE_WEBHOOK_SECRET": os.environ.get("AMPLITUDE_WEBHOOK_SECRET", ""),
+        "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS": os.environ.get(
+            "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS", ""
+        ),
+        # Put the visitor id in a <meta> tag so the page's Amplitude SDK can send
+        # it back; None: on exactly when the webhook is configured (create_app).
+        "AMPLITUDE_EXPOSE_VISITOR_ID": env_bool("AMPLITUDE_EXPOSE_VISITOR_ID", None),
         "SESSION_COOKIE_SAMESITE": "Lax",
         # A ceiling for every request body; endpoints set tighter limits of their own.
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,

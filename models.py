@@ -319,6 +319,8 @@ class PersonalizeOutbox(db.Model):
     event_type: Mapped[str] = mapped_column(String(50))
     item_id: Mapped[str] = mapped_column(String(64))
     event_value: Mapped[float] = mapped_column(Float)
+    # JSON list of the item ids shown with the event (Personalize "impression").
+    impression: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # A sync run claims rows with a token, so parallel workers never send one twice.
@@ -326,6 +328,21 @@ class PersonalizeOutbox(db.Model):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), index=True
+    )
+
+
+class WebhookEventKey(db.Model):
+    """The de-duplication key of an event received by a webhook.
+
+    A retried delivery carries the same key and changes nothing. Only a hash of
+    the key is kept (never raw Amplitude ids), for 7 days.
+    """
+
+    __tablename__ = "webhook_event_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
     )
 
 

@@ -51,6 +51,7 @@ from models import (
 )
 from personalize_client import (
     MAX_EVENTS_PER_CALL,
+    MAX_IMPRESSION_IDS,
     NullReranker,
     PersonalizeUnavailable,
     Reranker,
@@ -65,12 +66,28 @@ CATALOG_MODELS = {
     "doctor": Doctor,
     "package": Package,
 }
-# How much one interaction adds to a visitor's interest in a category (0..1 scale).
+# How much one interaction adds to a visitor's interest (0..1 scale). One table for
+# site tracking, Amplitude events and Personalize's eventValue. The Amplitude rows
+# are Amplitude's weight scale (3.0 ... -2.5) x 0.3, so an Amplitude click equals a
+# site click. Negative weights lower affinity (never below 0) and demote the item.
 DEFAULT_INTERACTION_WEIGHTS = {
     "view": 0.1,
     "search": 0.2,
     "click": 0.3,
     "form_submit": 0.5,
+    "donate": 0.9,
+    "fundraise": 0.9,
+    "upvote": 0.6,
+    "share": 0.6,
+    "bookmark": 0.54,
+    "download": 0.45,
+    "comment": 0.45,
+    "scroll_impression": 0.21,
+    "initial_impression": 0.09,
+    "hide": -0.15,
+    "not_interested": -0.24,
+    "downvote": -0.3,
+    "flag_content": -0.75,
 }
 MAX_METADATA_BYTES = 2048
 MAX_BATCH_EVENTS = 50
@@ -136,6 +153,30 @@ class Event:
     target_type: str | None = None
     target_id: int | None = None
     metadata: dict | None = None
+    # When it happened, if not now (webhook events arrive late).
+    occurred_at: datetime | None = None
+    # Items shown with it ("procedure:12", ...), forwarded to Personalize.
+    impression: tuple[str, ...] = ()
+    # False for events that Personalize gets folded into another one's impression.
+    stream: bool = True
+
+
+@dataclass(frozen=True)
+class VisitorEvent:
+    """An event and whose it is."""
+
+    user_id: str
+    session_id: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class RecentTarget:
+    """A catalog item in a visitor's recent history, with their net weight on it."""
+
+    target_type: str
+    target_id: int
+    net_weight: float
 
 
 class EventError(ValueError):
@@ -201,7 +242,11 @@ class VisitorProfile:
 
     user_id: str | None
     affinities: dict[int, float]
+    # Recent distinct catalog targets, newest first.
     history: list[tuple[str, int]]
+    # Targets the visitor's signals on are net negative (hidden, "not interested"):
+    # demoted to the end of their rankings.
+    disliked: frozenset[tuple[str, int]] = frozenset()
 
 
 def catalog_order(target_type: str) -> list:
@@ -343,6 +388,13 @@ class PersonalizationEngine:
         digest = hmac.new(self.fingerprint_secret, message, hashlib.sha256)
         return digest.hexdigest()[:FINGERPRINT_HEX_LENGTH]
 
+    def external_visitor_id(self, source: str, raw_id: str) -> str:
+        """Map another system's user or device id to a visitor id, with the same key
+        as fingerprints, so raw third-party ids are never stored."""
+        message = f"{source}\n{raw_id}".encode()
+        digest = hmac.new(self.fingerprint_secret, message, hashlib.sha256)
+        return digest.hexdigest()[:FINGERPRINT_HEX_LENGTH]
+
     # Tracking
 
     def validate_events(
@@ -396,69 +448,106 @@ class PersonalizationEngine:
         events: list[Event],
         now: datetime | None = None,
     ) -> int:
-        """Store validated events and update everything rankings read from.
+        """Store one visitor's validated events; see record_visitor_events."""
+        return self.record_visitor_events(
+            [VisitorEvent(user_id, session_id, event) for event in events], now
+        )
 
-        One transaction: the log, the visitor's affinities, item popularity,
-        co-visitation and the Personalize outbox always agree.
+    def record_visitor_events(
+        self, entries: list["VisitorEvent"], now: datetime | None = None
+    ) -> int:
+        """Store validated events of any visitors and update what rankings read.
+
+        One transaction, committed before returning: the log, affinities, item
+        popularity, co-visitation and the Personalize outbox always agree, and a
+        failure stores nothing. An event with its own time (a webhook) counts as
+        much as its age allows: weight x decay^days.
         """
-        if not events:
+        if not entries:
             return 0
         now = now or utcnow()
-        history = set(self.recent_targets(user_id, now=now))
+        histories = self.recent_targets_of({e.user_id for e in entries}, now=now)
         db.session.execute(
             insert(UserInteraction),
             [
                 {
-                    "user_id": user_id,
-                    "session_id": session_id,
-                    "interaction_type": event.interaction_type,
-                    "target_type": event.target_type,
-                    "target_id": event.target_id,
-                    "extra_data": encode_metadata(event.metadata)
-                    if event.metadata
+                    "user_id": entry.user_id,
+                    "session_id": entry.session_id,
+                    "interaction_type": entry.event.interaction_type,
+                    "target_type": entry.event.target_type,
+                    "target_id": entry.event.target_id,
+                    "extra_data": encode_metadata(entry.event.metadata)
+                    if entry.event.metadata
                     else None,
-                    "timestamp": now,
+                    "timestamp": entry.event.occurred_at or now,
                 }
-                for event in events
+                for entry in entries
             ],
         )
-        shares = self.event_category_shares(events)
-        self.add_affinity(user_id, self.category_weights(events, shares), now)
-        self._add_popularity(events, shares, history, now)
-        self._add_covisitation(events, history)
+        shares = self.event_category_shares([entry.event for entry in entries])
+        self._add_affinities(entries, shares, now)
+        self._add_popularity(entries, shares, histories, now)
+        self._add_covisitation(entries, histories)
         if self.stream_events:
-            self._queue_for_personalize(user_id, session_id, events, now)
+            self._queue_for_personalize(entries, now)
         db.session.commit()
-        return len(events)
+        return len(entries)
 
     def recent_targets(
-        self,
-        user_id: str,
-        limit: int = RECENT_HISTORY_SIZE,
-        now: datetime | None = None,
+        self, user_id: str, now: datetime | None = None
     ) -> list[tuple[str, int]]:
-        """Return the visitor's most recent distinct catalog targets, newest first.
+        """Return the visitor's most recent distinct catalog targets, newest first."""
+        return [
+            (target.target_type, target.target_id)
+            for target in self.recent_targets_of({user_id}, now=now).get(user_id, [])
+        ]
 
-        Reads only this visitor's rows in the popularity window, through the
+    def recent_targets_of(
+        self, user_ids: set[str], now: datetime | None = None
+    ) -> dict[str, list["RecentTarget"]]:
+        """Each visitor's most recent distinct catalog targets, newest first, with
+        the net weight of what they did to each (negative: they hid or disliked it).
+
+        Reads only these visitors' rows in the popularity window, through the
         (user_id, timestamp) index: cost does not grow with the log.
         """
         since = (now or utcnow()) - timedelta(days=self.popularity_window_days)
-        rows = db.session.execute(
+        log = UserInteraction.__table__
+        last_seen = func.max(log.c.timestamp)
+        per_target = (
             select(
-                UserInteraction.target_type,
-                UserInteraction.target_id,
-                func.max(UserInteraction.timestamp).label("last_seen"),
+                log.c.user_id,
+                log.c.target_type,
+                log.c.target_id,
+                func.sum(self._sql_weight(log.c.interaction_type)).label("net"),
+                func.row_number()
+                .over(partition_by=log.c.user_id, order_by=last_seen.desc())
+                .label("recency"),
             )
             .where(
-                UserInteraction.user_id == user_id,
-                UserInteraction.timestamp >= since,
-                UserInteraction.target_type.in_(tuple(CATALOG_MODELS)),
+                log.c.user_id.in_(sorted(user_ids)),
+                log.c.timestamp >= since,
+                log.c.target_type.in_(tuple(CATALOG_MODELS)),
             )
-            .group_by(UserInteraction.target_type, UserInteraction.target_id)
-            .order_by(func.max(UserInteraction.timestamp).desc())
-            .limit(limit)
+            .group_by(log.c.user_id, log.c.target_type, log.c.target_id)
+            .subquery()
         )
-        return [(target_type, target_id) for target_type, target_id, _ in rows]
+        rows = db.session.execute(
+            select(per_target)
+            .where(per_target.c.recency <= RECENT_HISTORY_SIZE)
+            .order_by(per_target.c.user_id, per_target.c.recency)
+        )
+        found: dict[str, list[RecentTarget]] = defaultdict(list)
+        for user_id, target_type, target_id, net, _ in rows:
+            found[user_id].append(RecentTarget(target_type, target_id, float(net)))
+        return found
+
+    def _sql_weight(self, interaction_type):
+        """The weight table as a SQL CASE over an interaction_type column."""
+        return case(
+            *((interaction_type == kind, w) for kind, w in self.weights.items()),
+            else_=0.0,
+        )
 
     def event_category_shares(self, events: list[Event]) -> list[dict[int, float]]:
         """For each event, the categories it counts for, as fractions summing to 1.
@@ -481,15 +570,14 @@ class PersonalizationEngine:
             shares.append(split_evenly(1.0, categories))
         return shares
 
-    def category_weights(
-        self, events: list[Event], shares: list[dict[int, float]] | None = None
-    ) -> dict[int, float]:
-        """Turn events into how much each category's affinity should move."""
-        shares = shares if shares is not None else self.event_category_shares(events)
+    def category_weights(self, events: list[Event]) -> dict[int, float]:
+        """Turn one visitor's events into how much each category's affinity moves."""
         totals: dict[int, float] = defaultdict(float)
-        for event, event_shares in zip(events, shares, strict=True):
+        for event, shares in zip(
+            events, self.event_category_shares(events), strict=True
+        ):
             weight = self.weights.get(event.interaction_type, 0.0)
-            for category_id, share in event_shares.items():
+            for category_id, share in shares.items():
                 totals[category_id] += weight * share
         return dict(totals)
 
@@ -524,6 +612,28 @@ class PersonalizationEngine:
             p.category_id for p in results.procedures
         ]
         return top[:SEARCH_RESULTS_COUNTED]
+
+    def aged_weight(self, event: Event, rate: float, now: datetime) -> float:
+        """An event's weight, faded by its age (events from webhooks can be old)."""
+        weight = self.weights.get(event.interaction_type, 0.0)
+        if event.occurred_at is None:
+            return weight
+        return self.decayed(weight, as_utc(event.occurred_at), now, rate)
+
+    def _add_affinities(
+        self,
+        entries: list["VisitorEvent"],
+        shares: list[dict[int, float]],
+        now: datetime,
+    ) -> None:
+        """Sum each visitor's category gains, then apply them in one upsert each."""
+        gains: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        for entry, event_shares in zip(entries, shares, strict=True):
+            weight = self.aged_weight(entry.event, self.decay_rate, now)
+            for category_id, share in event_shares.items():
+                gains[entry.user_id][category_id] += weight * share
+        for user_id, weights in sorted(gains.items()):
+            self.add_affinity(user_id, weights, now)
 
     def add_affinity(
         self, user_id: str, weights: dict[int, float], now: datetime
@@ -569,9 +679,9 @@ class PersonalizationEngine:
 
     def _add_popularity(
         self,
-        events: list[Event],
+        entries: list["VisitorEvent"],
         shares: list[dict[int, float]],
-        history: set[tuple[str, int]],
+        histories: dict[str, list["RecentTarget"]],
         now: datetime,
     ) -> None:
         """Raise the decayed popularity of each target, and count new visitors.
@@ -579,12 +689,18 @@ class PersonalizationEngine:
         Categories gain the same shares as affinities; searches count for no item.
         """
         gains: dict[tuple[str, int], float] = defaultdict(float)
-        for event, event_shares in zip(events, shares, strict=True):
+        newcomers: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for entry, event_shares in zip(entries, shares, strict=True):
+            event = entry.event
             if event.interaction_type == "search":
                 continue
-            weight = self.weights.get(event.interaction_type, 0.0)
+            weight = self.aged_weight(event, self.popularity_decay_rate, now)
             if event.target_type in CATALOG_MODELS and event.target_type != "category":
-                gains[(event.target_type, event.target_id)] += weight
+                target = (event.target_type, event.target_id)
+                gains[target] += weight
+                seen = {(t.target_type, t.target_id) for t in histories[entry.user_id]}
+                if target not in seen:
+                    newcomers[target].add(entry.user_id)
             for category_id, share in event_shares.items():
                 gains[("category", category_id)] += weight * share
         if not gains:
@@ -619,56 +735,72 @@ class PersonalizationEngine:
                     "target_id": target_id,
                     "initial": max(0.0, gain),
                     "gain": gain,
-                    "new_visitors": int((target_type, target_id) not in history),
+                    "new_visitors": len(newcomers[(target_type, target_id)]),
                 }
                 for (target_type, target_id), gain in sorted(gains.items())
             ],
         )
 
     def _add_covisitation(
-        self, events: list[Event], history: set[tuple[str, int]]
+        self,
+        entries: list["VisitorEvent"],
+        histories: dict[str, list["RecentTarget"]],
     ) -> None:
-        """Count this visitor once for each pair of procedures they now share.
+        """Count each visitor once for each pair of procedures they now share.
 
-        "Visitors who viewed X also viewed Y": a procedure new to the visitor pairs
+        "Visitors who viewed X also viewed Y": a procedure new to a visitor pairs
         with every procedure in their recent history, in both directions.
         """
-        seen = {tid for ttype, tid in history if ttype == "procedure"}
-        new = {
-            e.target_id
-            for e in events
-            if e.target_type == "procedure" and e.target_id not in seen
-        }
-        pairs = {(a, b) for a in new for b in seen | new if a != b}
-        pairs |= {(b, a) for a, b in pairs}
-        if not pairs:
+        new_by_user: dict[str, set[int]] = defaultdict(set)
+        for entry in entries:
+            if entry.event.target_type == "procedure":
+                new_by_user[entry.user_id].add(entry.event.target_id)
+        counts: Counter = Counter()
+        for user_id, procedures in new_by_user.items():
+            seen = {
+                t.target_id for t in histories[user_id] if t.target_type == "procedure"
+            }
+            new = procedures - seen
+            pairs = {(a, b) for a in new for b in seen | new if a != b}
+            counts.update(pairs | {(b, a) for a, b in pairs})
+        if not counts:
             return
         table = ProcedureCovisitation.__table__
         statement = (
             dialect_insert(table)
-            .values(procedure_id=bindparam("a"), other_id=bindparam("b"), visitors=1)
+            .values(
+                procedure_id=bindparam("a"),
+                other_id=bindparam("b"),
+                visitors=bindparam("n"),
+            )
             .on_conflict_do_update(
                 index_elements=[table.c.procedure_id, table.c.other_id],
-                set_={"visitors": table.c.visitors + 1},
+                set_={"visitors": table.c.visitors + bindparam("n")},
             )
         )
-        db.session.execute(statement, [{"a": a, "b": b} for a, b in sorted(pairs)])
+        db.session.execute(
+            statement,
+            [{"a": a, "b": b, "n": n} for (a, b), n in sorted(counts.items())],
+        )
 
     def _queue_for_personalize(
-        self, user_id: str, session_id: str, events: list[Event], now: datetime
+        self, entries: list["VisitorEvent"], now: datetime
     ) -> None:
         """Put catalog events in the outbox for streaming to AWS Personalize."""
         rows = [
             {
-                "user_id": user_id,
-                "session_id": session_id,
-                "event_type": event.interaction_type,
-                "item_id": f"{event.target_type}:{event.target_id}",
-                "event_value": self.weights.get(event.interaction_type, 0.0),
-                "occurred_at": now,
+                "user_id": entry.user_id,
+                "session_id": entry.session_id,
+                "event_type": entry.event.interaction_type,
+                "item_id": f"{entry.event.target_type}:{entry.event.target_id}",
+                "event_value": self.weights.get(entry.event.interaction_type, 0.0),
+                "impression": json.dumps(entry.event.impression[:MAX_IMPRESSION_IDS])
+                if entry.event.impression
+                else None,
+                "occurred_at": entry.event.occurred_at or now,
             }
-            for event in events
-            if event.target_type in CATALOG_MODELS
+            for entry in entries
+            if entry.event.target_type in CATALOG_MODELS and entry.event.stream
         ]
         if rows:
             db.session.execute(insert(PersonalizeOutbox), rows)
@@ -719,6 +851,9 @@ class PersonalizationEngine:
                         row.item_id,
                         row.event_value,
                         as_utc(row.occurred_at),
+                        impression=json.loads(row.impression)
+                        if row.impression
+                        else None,
                     )
                     for row in chunk
                 ]
@@ -761,10 +896,7 @@ class PersonalizationEngine:
         log = UserInteraction.__table__
         since = now - timedelta(days=self.popularity_window_days)
         in_window = (log.c.timestamp >= since) & (log.c.interaction_type != "search")
-        weight = case(
-            *((log.c.interaction_type == kind, w) for kind, w in self.weights.items()),
-            else_=0.0,
-        )
+        weight = self._sql_weight(log.c.interaction_type)
         decayed_weight = weight * func.power(
             self.popularity_decay_rate, sql_days_since(log.c.timestamp, now)
         )
@@ -851,10 +983,16 @@ class PersonalizationEngine:
             for category_id, score, updated in rows
         }
 
-    def decayed(self, score: float, last_updated: datetime, now: datetime) -> float:
-        """Fade a score by the decay rate for each day since it was last raised."""
+    def decayed(
+        self,
+        score: float,
+        last_updated: datetime,
+        now: datetime,
+        rate: float | None = None,
+    ) -> float:
+        """Fade a score by a daily rate (the affinity decay unless given) since then."""
         days = max(0.0, (now - last_updated).total_seconds() / 86400)
-        return score * self.decay_rate**days
+        return score * (self.decay_rate if rate is None else rate) ** days
 
     # Popularity
 
@@ -924,8 +1062,12 @@ class PersonalizationEngine:
         """Read what rankings need about a visitor: two indexed queries."""
         if not user_id:
             return VisitorProfile(None, {}, [])
+        recent = self.recent_targets_of({user_id}).get(user_id, [])
         return VisitorProfile(
-            user_id, self.get_affinities(user_id), self.recent_targets(user_id)
+            user_id,
+            self.get_affinities(user_id),
+            [(t.target_type, t.target_id) for t in recent],
+            frozenset((t.target_type, t.target_id) for t in recent if t.net_weight < 0),
         )
 
     def get_personalized_categories(
@@ -939,7 +1081,7 @@ class PersonalizationEngine:
     ) -> Ranking:
         """Rank procedures by affinity x popularity blended with co-visitation."""
         profile = self.visitor_profile(user_id)
-        return self._finish("procedure", user_id, self.procedure_scores(profile), limit)
+        return self._finish("procedure", profile, self.procedure_scores(profile), limit)
 
     def get_personalized_doctors(self, user_id: str | None, limit: int = 9) -> Ranking:
         """Rank doctors who perform the visitor's top procedures, by their rating."""
@@ -955,7 +1097,7 @@ class PersonalizationEngine:
         return {
             "categories": self.categories_for(profile, sizes["categories"]),
             "procedures": self._finish(
-                "procedure", user_id, procedure_scores, sizes["procedures"]
+                "procedure", profile, procedure_scores, sizes["procedures"]
             ),
             "doctors": self.doctors_for(profile, procedure_scores, sizes["doctors"]),
         }
@@ -969,7 +1111,7 @@ class PersonalizationEngine:
             ),
             key=lambda entry: -entry[1],
         )
-        return self._finish("category", profile.user_id, scored, limit)
+        return self._finish("category", profile, scored, limit)
 
     def procedure_scores(
         self, profile: "VisitorProfile"
@@ -990,7 +1132,11 @@ class PersonalizationEngine:
             )
             if score >= AFFINITY_FLOOR
         ][:TOP_CATEGORIES]
-        seeds = [tid for ttype, tid in profile.history if ttype == "procedure"]
+        seeds = [
+            tid
+            for ttype, tid in profile.history
+            if ttype == "procedure" and (ttype, tid) not in profile.disliked
+        ]
         covisitation = self.covisitation_scores(seeds[:COVISITATION_SEEDS])
         if not top_categories and not covisitation:
             return []
@@ -1099,7 +1245,7 @@ class PersonalizationEngine:
             ((did, score, "affinity") for did, score in scored.items()),
             key=lambda entry: (-entry[1], entry[0]),
         )
-        return self._finish("doctor", profile.user_id, personal, limit)
+        return self._finish("doctor", profile, personal, limit)
 
     def get_similar_procedures(self, procedure_id: int, limit: int = 6) -> Ranking:
         """Procedures visitors of this one also viewed; same-category popular fill."""
@@ -1142,21 +1288,29 @@ class PersonalizationEngine:
     def _finish(
         self,
         target_type: str,
-        user_id: str | None,
+        profile: "VisitorProfile | None",
         personal: list[tuple[int, float, str]],
         limit: int,
     ) -> Ranking:
         """Fill with popular items not already shown, re-rank, load the items.
 
-        Fallbacks fill, never replace: every section gets its full count.
+        Fallbacks fill, never replace: every section gets its full count. Items
+        the visitor disliked go last, and only when nothing else is left.
         """
+        user_id = profile.user_id if profile else None
+        disliked = {
+            item_id
+            for kind, item_id in (profile.disliked if profile else ())
+            if kind == target_type
+        }
+        personal = [entry for entry in personal if entry[0] not in disliked]
         pool = (
             max(limit, RERANK_CANDIDATES)
             if personal and self.reranker.enabled
             else limit
         )
         candidates = personal[:pool]
-        shown = {item_id for item_id, _, _ in candidates}
+        shown = {item_id for item_id, _, _ in candidates} | disliked
         candidates += [
             (item_id, score, "popular")
             for item_id, score in self.popular(
@@ -1171,6 +1325,7 @@ class PersonalizationEngine:
             if ranked is not None:
                 candidates = reorder(candidates, target_type, ranked)
                 source = "personalize"
+        candidates += [(item_id, 0.0, "disliked") for item_id in sorted(disliked)]
         return Ranking(self._load(target_type, candidates[:limit]), source)
 
     def _load(
@@ -1248,10 +1403,11 @@ class PersonalizationEngine:
         Short transactions keep the site serving while a large backlog is removed;
         yields how many rows each batch deleted.
         """
+        key = ids.selected_columns[0]
         while True:
             batch = ids.limit(batch_size).subquery()
             deleted = db.session.execute(
-                delete(model).where(model.id.in_(select(batch.c.id)))
+                delete(model).where(key.in_(select(*batch.c)))
             ).rowcount
             db.session.commit()
             if not deleted:

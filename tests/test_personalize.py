@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
-from fake_personalize import FakePersonalize
 from sqlalchemy import func, select
 
 from app import create_app
+from fake_personalize import FakePersonalize
 from helpers import Browser, app_config, catalog_id
 from models import Category, PersonalizeOutbox, Procedure, db
 from personalization_system import Event
