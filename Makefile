@@ -49,6 +49,7 @@ test: install-dev
 ## bench: benchmarks on SQLite and PostgreSQL; results written into BENCHMARKS.md
 bench: install-dev
 	$(BIN)/python bench/ranking_latency.py --write BENCHMARKS.md
+	$(BIN)/python bench/webhook_ingest.py --write BENCHMARKS.md
 
 lint: install-dev
 	$(BIN)/ruff check .
