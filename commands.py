@@ -7,19 +7,30 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from amplitude import expired_keys
 from demo_catalog import catalog_is_empty, seed_demo_catalog
+from evaluation import (
+    SPLITS,
+    LoggedEvent,
+    build_scratch_app,
+    evaluate_engine,
+    format_table,
+    split_log,
+)
 from models import (
+    Category,
     PersonalizeOutbox,
+    Procedure,
     UserCategoryAffinity,
     UserInteraction,
     WebhookEventKey,
     db,
     utcnow,
 )
-from personalization_system import AFFINITY_FLOOR
+from personalization_system import AFFINITY_FLOOR, as_utc
 from personalize_export import export_datasets
 
 
@@ -175,6 +186,68 @@ def export_command(output_dir: Path) -> None:
         raise click.ClickException(f"export failed: {error}") from error
     for name, count in written.items():
         click.echo(f"{output_dir / (name + '.csv')}: {count} rows")
+
+
+@personalization.command("evaluate")
+@click.option(
+    "--split",
+    "method",
+    type=click.Choice(SPLITS),
+    default="temporal",
+    show_default=True,
+    help="temporal: hide the last 20% of the log by time; leave-last-out: hide "
+    "each visitor's last interaction.",
+)
+@click.option("--k", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option(
+    "--since",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the last DAYS of the log [default: all of it].",
+)
+def evaluate_command(method: str, k: int, since: int | None) -> None:
+    """Replay the interaction log and score each ranking strategy on it."""
+    engine = current_app.extensions["personalization_engine"]
+    events = site_log(since)
+    if len(events) < 2:
+        raise click.ClickException(
+            "not enough procedure interactions to evaluate (need at least 2)"
+        )
+    split = split_log(events, method, engine.weights)
+    if not split.test:
+        raise click.ClickException(
+            "no visitor has interactions on both sides of the split"
+        )
+    categories = db.session.execute(select(Category.id, Category.name)).all()
+    items = db.session.execute(select(Procedure.id, Procedure.category_id)).all()
+    scratch = build_scratch_app(
+        categories,
+        items,
+        split,
+        {"INTERACTION_WEIGHTS": current_app.config["INTERACTION_WEIGHTS"]},
+    )
+    results = evaluate_engine(scratch, split, k, len(items))
+    click.echo(
+        f"{len(split.train)} training events, {len(split.test)} test visitors, "
+        f"split {method}, cutoff {split.cutoff:%Y-%m-%d %H:%M}."
+    )
+    click.echo(format_table(results, k))
+
+
+def site_log(since_days: int | None) -> list[LoggedEvent]:
+    """The site's procedure interactions, oldest first."""
+    log = UserInteraction
+    statement = select(
+        log.user_id, log.target_id, log.interaction_type, log.timestamp
+    ).where(log.target_type == "procedure")
+    if since_days:
+        statement = statement.where(
+            log.timestamp >= utcnow() - timedelta(days=since_days)
+        )
+    return [
+        LoggedEvent(user, item, kind, as_utc(stamp))
+        for user, item, kind, stamp in db.session.execute(statement.order_by(log.id))
+    ]
 
 
 def register_commands(app: Flask) -> None:

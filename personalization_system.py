@@ -8,7 +8,7 @@ import json
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -390,6 +390,7 @@ class PersonalizationEngine:
         covisitation_weight: float = 0.4,
         reranker: Reranker | None = None,
         stream_events: bool = False,
+        clock: Callable[[], datetime] = utcnow,
     ):
         self.fingerprint_secret = fingerprint_secret.encode()
         self.decay_rate = decay_rate
@@ -400,6 +401,9 @@ class PersonalizationEngine:
         self.covisitation_weight = covisitation_weight
         self.reranker = reranker or NullReranker()
         self.stream_events = stream_events
+        # What "now" is for decay and windows; the offline evaluation sets it to
+        # the moment its training data ends.
+        self.clock = clock
         self._popular_cache: dict[str, tuple[float, list[tuple[int, float]]]] = {}
 
     # Identity
@@ -498,7 +502,7 @@ class PersonalizationEngine:
         """
         if not entries:
             return 0
-        now = now or utcnow()
+        now = now or self.clock()
         histories = self.recent_targets_of({e.user_id for e in entries}, now=now)
         db.session.execute(
             insert(UserInteraction),
@@ -544,7 +548,7 @@ class PersonalizationEngine:
         Reads only these visitors' rows in the popularity window, through the
         (user_id, timestamp) index: cost does not grow with the log.
         """
-        since = (now or utcnow()) - timedelta(days=self.popularity_window_days)
+        since = (now or self.clock()) - timedelta(days=self.popularity_window_days)
         log = UserInteraction.__table__
         last_seen = func.max(log.c.timestamp)
         per_target = (
@@ -910,7 +914,7 @@ class PersonalizationEngine:
         Exact over the popularity window (incremental updates cap each visitor's
         history); the database does the aggregation. Searches count for no item.
         """
-        now = now or utcnow()
+        now = now or self.clock()
         log = UserInteraction.__table__
         since = now - timedelta(days=self.popularity_window_days)
         in_window = (log.c.timestamp >= since) & (log.c.interaction_type != "search")
@@ -982,13 +986,54 @@ class PersonalizationEngine:
             "procedure_covisitation": row_count(covisitation),
         }
 
+    def rebuild_affinities(self, now: datetime | None = None) -> int:
+        """Recompute every visitor's affinities from the log, in SQL.
+
+        Sum of weight x share x decay^age per (visitor, category), clamped to
+        [0, 1]; searches, whose categories come from a live search, are left
+        out. For the offline evaluation, which starts from a bare log.
+        """
+        now = now or self.clock()
+        log = UserInteraction.__table__
+        shares = category_shares_of_targets()
+        aged = (
+            self._sql_weight(log.c.interaction_type)
+            * shares.c.share
+            * func.power(self.decay_rate, sql_days_since(log.c.timestamp, now))
+        )
+        rows = (
+            select(
+                log.c.user_id,
+                shares.c.category_id,
+                sql_greatest(0.0, sql_least(1.0, func.sum(aged))),
+                sql_time(now),
+            )
+            .select_from(log)
+            .join(
+                shares,
+                (shares.c.target_type == log.c.target_type)
+                & (shares.c.target_id == log.c.target_id),
+            )
+            .where(log.c.interaction_type != "search", log.c.timestamp <= now)
+            .group_by(log.c.user_id, shares.c.category_id)
+        )
+        table = UserCategoryAffinity.__table__
+        db.session.execute(delete(table))
+        db.session.execute(
+            table.insert().from_select(
+                ["user_id", "category_id", "affinity_score", "last_updated"], rows
+            )
+        )
+        db.session.commit()
+        return row_count(table)
+
     # Affinities
 
     def get_affinities(
         self, user_id: str, now: datetime | None = None
     ) -> dict[int, float]:
         """Return the visitor's affinity per category, decayed to now."""
-        now = now or utcnow()
+        now = now or self.clock()
         rows = db.session.execute(
             select(
                 UserCategoryAffinity.category_id,
@@ -1029,7 +1074,7 @@ class PersonalizationEngine:
             popularity.c.score,
             popularity.c.last_updated,
             self.popularity_decay_rate,
-            utcnow(),
+            self.clock(),
         )
         score = func.coalesce(decayed, 0.0)
         statement = (
@@ -1188,6 +1233,19 @@ class PersonalizationEngine:
                 scored.append((procedure_id, score, reason))
         scored.sort(key=lambda entry: (-entry[1], entry[0]))
         return scored
+
+    def procedures_in_categories(
+        self, category_ids: list[int]
+    ) -> list[tuple[int, int]]:
+        """(procedure, category) pairs of the given categories."""
+        return [
+            (pid, cid)
+            for pid, cid in db.session.execute(
+                select(Procedure.id, Procedure.category_id).where(
+                    Procedure.category_id.in_(category_ids)
+                )
+            )
+        ]
 
     def covisitation_scores(
         self, seeds: list[int], per_seed: int = RERANK_CANDIDATES

@@ -202,3 +202,18 @@ def gunicorn_command(port: int, workers: int = 2) -> list[str]:
         f"127.0.0.1:{port}",
         "app:app",
     ]
+
+
+def shared_data(*parts: str):
+    """A file of the shared datasets: SHARED_DATA_DIR, else ../shared/data beside
+    the checkout (where CI puts it). Missing: skip here, fail under CI."""
+    from pathlib import Path
+
+    root = os.environ.get("SHARED_DATA_DIR")
+    base = (
+        Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    path = base.joinpath(*parts)
+    if not path.exists():
+        skip_or_fail(f"shared dataset not found: {path} (set SHARED_DATA_DIR)")
+    return path

@@ -5,14 +5,19 @@ import copy
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
-from helpers import Browser, app_config, catalog_id, stored_interactions
+from helpers import (
+    Browser,
+    app_config,
+    catalog_id,
+    shared_data,
+    stored_interactions,
+)
 from models import (
     Category,
     PersonalizeOutbox,
@@ -24,7 +29,6 @@ from models import (
     utcnow,
 )
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "data" / "amplitude"
 URL = "/webhooks/amplitude/"
 SECRET = "current-secret"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -53,7 +57,9 @@ def hook(database_url, catalog):
 
 
 def payload(number: int):
-    return json.loads((PAYLOADS / f"payload_{number:02d}.json").read_text())
+    return json.loads(
+        shared_data("amplitude", f"payload_{number:02d}.json").read_text()
+    )
 
 
 def now_ms() -> int:
