@@ -100,6 +100,7 @@ def build_engine(app: Flask):
         popularity_decay_rate=config["POPULARITY_DECAY_RATE"],
         popularity_cache_seconds=config["POPULARITY_CACHE_SECONDS"],
         covisitation_weight=config["COVISITATION_WEIGHT"],
+        history_weight=config["HISTORY_WEIGHT"],
         reranker=personalize,
         stream_events=bool(personalize and personalize.tracking_id),
     )

@@ -147,6 +147,9 @@ def settings_from_environment(instance_path: str) -> dict:
         "COVISITATION_WEIGHT": env_number(
             "COVISITATION_WEIGHT", 0.4, float, minimum=0.0, maximum=1.0
         ),
+        "HISTORY_WEIGHT": env_number(
+            "HISTORY_WEIGHT", 0.6, float, minimum=0.0, maximum=2.0
+        ),
         **personalize_settings(),
         "AMPLITUDE_WEBHOOK_SECRET": os.environ.get("AMPLITUDE_WEBHOOK_SECRET", ""),
         "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS": os.environ.get(

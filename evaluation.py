@@ -46,14 +46,24 @@ class Split:
 
 
 def split_log(
-    events: list[LoggedEvent], method: str, weights: dict[str, float]
+    events: list[LoggedEvent],
+    method: str,
+    weights: dict[str, float],
+    relevant_from: float = 0.0,
 ) -> Split:
     """Split a log into training events and each visitor's hidden test items.
 
     temporal: everything before the time that leaves the last 20% of events is
     training; visitors with events on both sides are tested on their later items.
     leave-last-out: each visitor's last event is hidden (visitors with at least two).
+    A hidden event is relevant when its weight is positive and at least
+    `relevant_from`.
     """
+
+    def relevant(event: LoggedEvent) -> bool:
+        weight = weights.get(event.interaction_type, 0.0)
+        return weight > 0 and weight >= relevant_from
+
     if method not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}")
     ordered = sorted(events, key=lambda e: (e.timestamp, e.user_id, e.item_id))
@@ -67,7 +77,7 @@ def split_log(
         for event in ordered:
             if event.timestamp < cutoff_time:
                 train.append(event)
-            elif weights.get(event.interaction_type, 0) > 0:
+            elif relevant(event):
                 later[event.user_id].add(event.item_id)
     else:
         last: dict[str, LoggedEvent] = {}
@@ -80,7 +90,7 @@ def split_log(
             hidden = counts[event.user_id] >= 2 and event is last[event.user_id]
             if not hidden:
                 train.append(event)
-            elif weights.get(event.interaction_type, 0) > 0:
+            elif relevant(event):
                 later[event.user_id].add(event.item_id)
         cutoff_time = (
             max(e.timestamp for e in train) if train else ordered[-1].timestamp
