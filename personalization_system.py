@@ -2,6 +2,7 @@
 affinities, precomputed popularity and co-visitation, the rankings the pages show
 (with optional AWS Personalize re-ranking), privacy erasure and retention."""
 
+import functools
 import hashlib
 import hmac
 import json
@@ -14,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    DateTime,
     Select,
     String,
+    bindparam,
     case,
     delete,
     func,
@@ -507,7 +510,13 @@ class PersonalizationEngine:
         if not entries:
             return 0
         now = now or self.clock()
-        histories = self.recent_targets_of({e.user_id for e in entries}, now=now)
+        # Page views name no item: no history to read for them.
+        histories: dict[str, list[RecentTarget]] = defaultdict(list)
+        catalog_users = {
+            e.user_id for e in entries if e.event.target_type in CATALOG_MODELS
+        }
+        if catalog_users:
+            histories.update(self.recent_targets_of(catalog_users, now=now))
         db.session.execute(
             insert(UserInteraction),
             [
@@ -553,6 +562,22 @@ class PersonalizationEngine:
         (user_id, timestamp) index: cost does not grow with the log.
         """
         since = (now or self.clock()) - timedelta(days=self.popularity_window_days)
+        rows = db.session.execute(
+            self._recent_targets_query(),
+            {"user_ids": sorted(user_ids), "since": since},
+        )
+        found: dict[str, list[RecentTarget]] = defaultdict(list)
+        for user_id, target_type, target_id, net, _ in rows:
+            found[user_id].append(RecentTarget(target_type, target_id, float(net)))
+        return found
+
+    @functools.cache  # noqa: B019 (one engine per app; built once, reused per page)
+    def _recent_targets_query(self) -> Select:
+        """The statement behind recent_targets_of, with its values as parameters.
+
+        Built once: composing it (a CASE over the weight table) cost more than
+        running it, on every page view.
+        """
         log = UserInteraction.__table__
         last_seen = func.max(log.c.timestamp)
         per_target = (
@@ -566,22 +591,18 @@ class PersonalizationEngine:
                 .label("recency"),
             )
             .where(
-                log.c.user_id.in_(sorted(user_ids)),
-                log.c.timestamp >= since,
+                log.c.user_id.in_(bindparam("user_ids", expanding=True)),
+                log.c.timestamp >= bindparam("since", type_=DateTime(timezone=True)),
                 log.c.target_type.in_(tuple(CATALOG_MODELS)),
             )
             .group_by(log.c.user_id, log.c.target_type, log.c.target_id)
             .subquery()
         )
-        rows = db.session.execute(
+        return (
             select(per_target)
             .where(per_target.c.recency <= RECENT_HISTORY_SIZE)
             .order_by(per_target.c.user_id, per_target.c.recency)
         )
-        found: dict[str, list[RecentTarget]] = defaultdict(list)
-        for user_id, target_type, target_id, net, _ in rows:
-            found[user_id].append(RecentTarget(target_type, target_id, float(net)))
-        return found
 
     def _sql_weight(self, interaction_type):
         """The weight table as a SQL CASE over an interaction_type column."""
@@ -1285,6 +1306,19 @@ class PersonalizationEngine:
         """
         if not seeds:
             return {}
+        rows = db.session.execute(
+            self._covisitation_query(), {"seeds": list(seeds), "per_seed": per_seed}
+        )
+        seed_weight = {seed: SEED_RECENCY_DECAY**i for i, seed in enumerate(seeds)}
+        totals: dict[int, float] = defaultdict(float)
+        for seed, other, value in rows:
+            totals[other] += seed_weight[seed] * float(value)
+        best = max(totals.values(), default=0.0)
+        return {pid: value / best for pid, value in totals.items()} if best else {}
+
+    @functools.cache  # noqa: B019 (one engine per app; built once, reused per page)
+    def _covisitation_query(self) -> Select:
+        """The statement behind covisitation_scores, its values as parameters."""
         pairs = ProcedureCovisitation.__table__
         rank = (
             func.row_number()
@@ -1293,7 +1327,7 @@ class PersonalizationEngine:
         )
         nearest = (
             select(pairs.c.procedure_id, pairs.c.other_id, pairs.c.visitors, rank)
-            .where(pairs.c.procedure_id.in_(seeds))
+            .where(pairs.c.procedure_id.in_(bindparam("seeds", expanding=True)))
             .subquery()
         )
         seed_stats = ItemPopularity.__table__.alias("seed_stats")
@@ -1302,7 +1336,7 @@ class PersonalizationEngine:
             sql_greatest(func.coalesce(seed_stats.c.visitors, 1), 1)
             * sql_greatest(func.coalesce(other_stats.c.visitors, 1), 1)
         )
-        rows = db.session.execute(
+        return (
             select(nearest.c.procedure_id, nearest.c.other_id, similarity)
             .outerjoin(
                 seed_stats,
@@ -1314,14 +1348,8 @@ class PersonalizationEngine:
                 (other_stats.c.target_type == "procedure")
                 & (other_stats.c.target_id == nearest.c.other_id),
             )
-            .where(nearest.c.rank <= per_seed)
+            .where(nearest.c.rank <= bindparam("per_seed"))
         )
-        seed_weight = {seed: SEED_RECENCY_DECAY**i for i, seed in enumerate(seeds)}
-        totals: dict[int, float] = defaultdict(float)
-        for seed, other, value in rows:
-            totals[other] += seed_weight[seed] * float(value)
-        best = max(totals.values(), default=0.0)
-        return {pid: value / best for pid, value in totals.items()} if best else {}
 
     def doctors_for(
         self,

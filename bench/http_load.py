@@ -1,0 +1,324 @@
+"""HTTP benchmarks under gunicorn (2 sync workers) with wrk (16 connections, 127.0.0.1
+only, bounded in time), on SQLite and PostgreSQL, each against a baseline in the
+same run:
+
+- page cost of personalization: the home page for a visitor with history, versus
+  the same page with PERSONALIZATION_ENABLED=false;
+- tracking ingest: events/s through /personalization/track-interaction in batches
+  of 10, versus a bare Flask endpoint inserting the same rows;
+- memory: peak RSS of a worker after 10k+ mixed requests.
+
+    .venv/bin/python bench/http_load.py [--seconds 10] [--write BENCHMARKS.md]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SECRET_KEY", "benchmark-only")
+
+from flask_migrate import upgrade  # noqa: E402
+from itsdangerous import URLSafeSerializer  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from app import create_app  # noqa: E402
+from bench.ranking_latency import add_interactions, scratch_database  # noqa: E402
+from bench.report import replace_section  # noqa: E402
+from demo_catalog import seed_demo_catalog  # noqa: E402
+from models import Procedure, db  # noqa: E402
+from personalization_system import Event  # noqa: E402
+
+SECRET = "benchmark-only"
+VISITOR = "a1" * 16
+CONNECTIONS = 16
+MIXED_REQUESTS = 10_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare(url: str) -> list[int]:
+    """Migrate, seed, add 10k background interactions and the visitor's history."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        seed_demo_catalog()
+        catalog: dict[int, list[int]] = {}
+        for pid, cid in db.session.execute(select(Procedure.id, Procedure.category_id)):
+            catalog.setdefault(cid, []).append(pid)
+        add_interactions(10_000, 1_000_000, catalog)
+        engine = app.extensions["personalization_engine"]
+        engine.refresh_statistics()
+        procedures = sorted(p for ps in catalog.values() for p in ps)
+        engine.record_interactions(
+            VISITOR,
+            "bench",
+            [Event("click", "procedure", pid) for pid in procedures[:6]],
+        )
+        db.session.remove()
+        db.engine.dispose()
+    return procedures
+
+
+class Server:
+    """gunicorn on a free port with the given environment; stopped on exit."""
+
+    def __init__(self, command: list[str], env: dict):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [*command, "--bind", f"127.0.0.1:{self.port}"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.base + "/healthz", timeout=1)
+                return
+            except Exception:
+                time.sleep(0.2)
+
+    def worker_peak_rss_mb(self) -> float:
+        """Largest VmHWM among the master's worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        peaks = []
+        for pid in children.read_text().split():
+            status = Path(f"/proc/{pid}/status").read_text()
+            peaks.append(int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024)
+        return max(peaks)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def gunicorn(module: str = "app:app") -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--workers", "2", module]
+
+
+def wrk(url: str, seconds: int, script: str | None = None, headers=()) -> dict:
+    """Run wrk; return requests/s, p50 and p99 in ms, and the request count."""
+    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    for header in headers:
+        command += ["-H", header]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(
+        [*command, url], capture_output=True, text=True, timeout=seconds + 60
+    ).stdout
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": latency("50%"),
+        "p99": latency("99%"),
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def post_script(path: str, body: str, headers: dict) -> str:
+    """A wrk Lua script that POSTs the same JSON body."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+    lines += [
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()
+    ]
+    handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    handle.write("\n".join(lines) + "\n")
+    handle.close()
+    return handle.name
+
+
+def mixed_script(procedures: list[int]) -> str:
+    paths = [
+        "/",
+        "/procedures/botox",
+        "/search?q=laser",
+        "/categories/injectables",
+        "/personalization/recommendations/doctors",
+        "/doctors",
+        "/privacy",
+    ]
+    handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    handle.write(
+        "local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i + 1\n"
+        "  return wrk.format('GET', paths[(i % #paths) + 1])\n"
+        "end\n"
+    )
+    handle.close()
+    return handle.name
+
+
+def csrf_session(base: str, cookie: str) -> tuple[str, str]:
+    """A page's CSRF token and the session cookie it belongs to."""
+    request = urllib.request.Request(base + "/privacy", headers={"Cookie": cookie})
+    with urllib.request.urlopen(request) as response:
+        html = response.read().decode()
+        session = next(
+            c.split(";")[0]
+            for c in response.headers.get_all("Set-Cookie")
+            if c.startswith("session=")
+        )
+    token = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
+    return token, session
+
+
+def run(kind: str, seconds: int) -> dict:
+    url, cleanup = scratch_database(kind)
+    results = {"database": kind}
+    try:
+        procedures = prepare(url)
+        cookie = "antidote_visitor=" + URLSafeSerializer(
+            SECRET, salt="visitor-id"
+        ).dumps(VISITOR)
+        env = {
+            "DATABASE_URL": url,
+            "SECRET_KEY": SECRET,
+            "TRACKING_RATE_LIMIT": "100000000 per minute",
+        }
+        for label, enabled in (("personalized", "true"), ("plain", "false")):
+            server = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": enabled})
+            try:
+                results[label] = wrk(
+                    server.base + "/", seconds, headers=[f"Cookie: {cookie}"]
+                )
+            finally:
+                server.stop()
+
+        server = Server(gunicorn(), env)
+        try:
+            token, session = csrf_session(server.base, cookie)
+            batch = {
+                "events": [
+                    {
+                        "interaction_type": "click",
+                        "target_type": "procedure",
+                        "target_id": p,
+                    }
+                    for p in procedures[:10]
+                ]
+            }
+            script = post_script(
+                "/personalization/track-interaction",
+                json.dumps(batch),
+                {
+                    "Content-Type": "application/json",
+                    "X-CSRFToken": token,
+                    "Cookie": f"{session}; {cookie}",
+                },
+            )
+            results["tracking"] = wrk(
+                server.base + "/personalization/track-interaction", seconds, script
+            )
+            # Mixed pages until at least 10k requests, then the workers' peak RSS.
+            script = mixed_script(procedures)
+            runs = [wrk(server.base, seconds, script)]
+            while sum(run["requests"] for run in runs) < MIXED_REQUESTS:
+                runs.append(wrk(server.base, seconds, script))
+            results["mixed"] = {
+                "requests": sum(run["requests"] for run in runs),
+                "errors": sum(run["errors"] for run in runs),
+            }
+            results["peak_rss_mb"] = server.worker_peak_rss_mb()
+        finally:
+            server.stop()
+
+        bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
+        try:
+            script = post_script(
+                "/ingest", json.dumps(batch), {"Content-Type": "application/json"}
+            )
+            results["bare"] = wrk(bare.base + "/ingest", seconds, script)
+        finally:
+            bare.stop()
+        print(json.dumps(results), flush=True)
+        return results
+    finally:
+        cleanup()
+
+
+def markdown(results: list[dict], seconds: int) -> str:
+    lines = [
+        "Command: `.venv/bin/python bench/http_load.py` (gunicorn, 2 sync workers; wrk "
+        f"-t2 -c{CONNECTIONS} -d{seconds}s on 127.0.0.1; load generator on the same 2 "
+        "cores). Visitor with history: 6 clicks, 10k background interactions.",
+        "",
+        "| database | measure | value | baseline (same run) | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        name, page, plain = r["database"], r["personalized"], r["plain"]
+        tracking, bare = r["tracking"]["rps"] * 10, r["bare"]["rps"] * 10
+        errors = sum(r[k]["errors"] for k in ("personalized", "plain", "tracking"))
+        rows = [
+            (
+                "home page req/s, personalized vs PERSONALIZATION_ENABLED=false",
+                f"{page['rps']:,.0f}",
+                f"{plain['rps']:,.0f}",
+                f"{page['rps'] / plain['rps']:.2f}",
+            ),
+            (
+                "home page p50 / p99 ms",
+                f"{page['p50']:.1f} / {page['p99']:.1f}",
+                f"{plain['p50']:.1f} / {plain['p99']:.1f}",
+                f"{page['p99'] / plain['p99']:.2f} (p99)",
+            ),
+            (
+                "tracking events/s (batches of 10) vs a bare INSERT endpoint",
+                f"{tracking:,.0f}",
+                f"{bare:,.0f}",
+                f"{tracking / bare:.2f}",
+            ),
+            (
+                f"worker peak RSS after {r['mixed']['requests']:,} mixed requests",
+                f"{r['peak_rss_mb']:.0f} MB",
+                "–",
+                "–",
+            ),
+            ("non-2xx responses", str(errors + r["mixed"]["errors"]), "–", "–"),
+        ]
+        lines += [f"| {name} | " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    results = [run(kind, args.seconds) for kind in args.databases.split(",")]
+    table = markdown(results, args.seconds)
+    print(table)
+    if args.write:
+        replace_section(args.write, "http-load", table)
+
+
+if __name__ == "__main__":
+    main()
