@@ -51,6 +51,7 @@ bench: install-dev
 	$(BIN)/python bench/ranking_latency.py --write BENCHMARKS.md
 	$(BIN)/python bench/webhook_ingest.py --write BENCHMARKS.md
 	$(BIN)/python bench/http_load.py --write BENCHMARKS.md
+	$(BIN)/python bench/cleanup_stall.py --write BENCHMARKS.md
 	$(BIN)/python bench/evaluate_public.py --write BENCHMARKS.md
 
 lint: install-dev
