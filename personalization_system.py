@@ -101,6 +101,9 @@ SEARCH_RESULTS_COUNTED = 3
 FINGERPRINT_HEX_LENGTH = 32
 # How many of a visitor's most recent distinct items seed co-visitation.
 RECENT_HISTORY_SIZE = 50
+# Interactions read per visitor to find those items: bounds the cost for visitors
+# (and bots) with a long history.
+RECENT_ROWS = 500
 COVISITATION_SEEDS = 10
 # Each older seed counts this much less than the one after it.
 SEED_RECENCY_DECAY = 0.85
@@ -558,13 +561,15 @@ class PersonalizationEngine:
         """Each visitor's most recent distinct catalog targets, newest first, with
         the net weight of what they did to each (negative: they hid or disliked it).
 
-        Reads only these visitors' rows in the popularity window, through the
-        (user_id, timestamp) index: cost does not grow with the log.
+        Reads at most each visitor's last RECENT_ROWS interactions in the
+        popularity window, through the (user_id, timestamp) index: cost grows
+        neither with the log nor with one visitor's (or bot's) own history.
         """
         since = (now or self.clock()) - timedelta(days=self.popularity_window_days)
+        users = sorted(user_ids)
+        parameters = {f"user_{i}": user for i, user in enumerate(users)}
         rows = db.session.execute(
-            self._recent_targets_query(),
-            {"user_ids": sorted(user_ids), "since": since},
+            self._recent_targets_query(len(users)), {**parameters, "since": since}
         )
         found: dict[str, list[RecentTarget]] = defaultdict(list)
         for user_id, target_type, target_id, net, _ in rows:
@@ -572,30 +577,47 @@ class PersonalizationEngine:
         return found
 
     @functools.cache  # noqa: B019 (one engine per app; built once, reused per page)
-    def _recent_targets_query(self) -> Select:
-        """The statement behind recent_targets_of, with its values as parameters.
+    def _recent_targets_query(self, users: int) -> Select:
+        """The statement behind recent_targets_of for `users` visitors, with its
+        values as parameters (user_0, user_1, ..., since).
 
-        Built once: composing it (a CASE over the weight table) cost more than
-        running it, on every page view.
+        Built once per visitor count: composing it (a CASE over the weight table)
+        cost more than running it, on every page view. Each visitor's rows come
+        from their own index range, newest first, cut at RECENT_ROWS.
         """
         log = UserInteraction.__table__
-        last_seen = func.max(log.c.timestamp)
-        per_target = (
+        since = bindparam("since", type_=DateTime(timezone=True))
+        latest = [
             select(
                 log.c.user_id,
                 log.c.target_type,
                 log.c.target_id,
-                func.sum(self._sql_weight(log.c.interaction_type)).label("net"),
-                func.row_number()
-                .over(partition_by=log.c.user_id, order_by=last_seen.desc())
-                .label("recency"),
+                log.c.interaction_type,
+                log.c.timestamp,
             )
             .where(
-                log.c.user_id.in_(bindparam("user_ids", expanding=True)),
-                log.c.timestamp >= bindparam("since", type_=DateTime(timezone=True)),
+                log.c.user_id == bindparam(f"user_{i}"),
+                log.c.timestamp >= since,
                 log.c.target_type.in_(tuple(CATALOG_MODELS)),
             )
-            .group_by(log.c.user_id, log.c.target_type, log.c.target_id)
+            .order_by(log.c.timestamp.desc())
+            .limit(RECENT_ROWS)
+            .subquery()
+            for i in range(users)
+        ]
+        rows = union_all(*(select(part) for part in latest)).subquery()
+        last_seen = func.max(rows.c.timestamp)
+        per_target = (
+            select(
+                rows.c.user_id,
+                rows.c.target_type,
+                rows.c.target_id,
+                func.sum(self._sql_weight(rows.c.interaction_type)).label("net"),
+                func.row_number()
+                .over(partition_by=rows.c.user_id, order_by=last_seen.desc())
+                .label("recency"),
+            )
+            .group_by(rows.c.user_id, rows.c.target_type, rows.c.target_id)
             .subquery()
         )
         return (

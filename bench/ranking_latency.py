@@ -220,7 +220,7 @@ def markdown(rows: list[dict], sizes: list[int], rankings: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--rankings", type=int, default=300)
     parser.add_argument("--write", type=Path, help="update this BENCHMARKS.md")

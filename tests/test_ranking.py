@@ -315,3 +315,24 @@ def test_refresh_command_reports_what_it_rebuilt(catalog, runner):
     assert result.exit_code == 0, result.output
     assert "co-visitation pairs" in result.output
     assert "2 co-visitation pairs" in result.output
+
+
+def test_history_reads_are_bounded_per_visitor(database_url, catalog, monkeypatch):
+    """A visitor (or bot) with a long history costs no more than RECENT_ROWS rows."""
+    import personalization_system
+    from app import create_app
+    from helpers import app_config
+
+    monkeypatch.setattr(personalization_system, "RECENT_ROWS", 5)
+    app = create_app(app_config(database_url))
+    old, recent = (
+        catalog_id(app, Procedure, slug) for slug in ("rhinoplasty", "botox")
+    )
+    with app.app_context():
+        engine = engine_of(app)
+        engine.record_interactions("h" * 32, "s", views(old))
+        engine.record_interactions("h" * 32, "s", views(*[recent] * 6))
+        history = engine.recent_targets("h" * 32)
+        both = engine.recent_targets_of({"h" * 32, "g" * 32})
+    assert history == [("procedure", recent)]
+    assert set(both) == {"h" * 32}
