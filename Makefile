@@ -48,6 +48,7 @@ test: install-dev
 
 ## bench: benchmarks on SQLite and PostgreSQL; results written into BENCHMARKS.md
 bench: install-dev
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/ranking_latency.py --write BENCHMARKS.md
 	$(BIN)/python bench/webhook_ingest.py --write BENCHMARKS.md
 	$(BIN)/python bench/http_load.py --write BENCHMARKS.md
