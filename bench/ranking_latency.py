@@ -12,6 +12,7 @@ import argparse
 import os
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,7 @@ def scratch_database(kind: str):
     """Create an empty database of the given kind; return (url, cleanup)."""
     if kind == "sqlite":
         folder = tempfile.mkdtemp(prefix="antidote-bench-")
-        return f"sqlite:///{folder}/bench.db", lambda: None
+        return f"sqlite:///{folder}/bench.db", lambda: shutil.rmtree(folder)
     import psycopg2
 
     server = os.environ.get(
