@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Float,
     Select,
     String,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -1354,9 +1356,11 @@ class PersonalizationEngine:
         )
         seed_stats = ItemPopularity.__table__.alias("seed_stats")
         other_stats = ItemPopularity.__table__.alias("other_stats")
+        # As floats: the product of two visitor counts overflows a 32-bit integer
+        # on PostgreSQL once items have tens of thousands of visitors.
         similarity = nearest.c.visitors / func.sqrt(
-            sql_greatest(func.coalesce(seed_stats.c.visitors, 1), 1)
-            * sql_greatest(func.coalesce(other_stats.c.visitors, 1), 1)
+            cast(sql_greatest(func.coalesce(seed_stats.c.visitors, 1), 1), Float)
+            * cast(sql_greatest(func.coalesce(other_stats.c.visitors, 1), 1), Float)
         )
         return (
             select(nearest.c.procedure_id, nearest.c.other_id, similarity)

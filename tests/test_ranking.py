@@ -336,3 +336,18 @@ def test_history_reads_are_bounded_per_visitor(database_url, catalog, monkeypatc
         both = engine.recent_targets_of({"h" * 32, "g" * 32})
     assert history == [("procedure", recent)]
     assert set(both) == {"h" * 32}
+
+
+def test_covisitation_survives_huge_visitor_counts(catalog):
+    """Regression: visitors(a) * visitors(b) overflowed PostgreSQL's integer at 10M
+    interactions (found by the ranking benchmark)."""
+    from sqlalchemy import update
+
+    botox, dysport = (catalog_id(catalog, Procedure, s) for s in ("botox", "dysport"))
+    record(catalog, "a" * 32, *views(botox, dysport))
+    with catalog.app_context():
+        db.session.execute(update(ItemPopularity).values(visitors=200_000))
+        db.session.execute(update(ProcedureCovisitation).values(visitors=150_000))
+        db.session.commit()
+        scores = engine_of(catalog).covisitation_scores([botox])
+    assert scores == {dysport: 1.0}
