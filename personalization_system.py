@@ -656,17 +656,6 @@ class PersonalizationEngine:
             shares.append(split_evenly(1.0, categories))
         return shares
 
-    def category_weights(self, events: list[Event]) -> dict[int, float]:
-        """Turn one visitor's events into how much each category's affinity moves."""
-        totals: dict[int, float] = defaultdict(float)
-        for event, shares in zip(
-            events, self.event_category_shares(events), strict=True
-        ):
-            weight = self.weights.get(event.interaction_type, 0.0)
-            for category_id, share in shares.items():
-                totals[category_id] += weight * share
-        return dict(totals)
-
     def _categories_of_targets(
         self, ids_by_type: dict[str, set[int]]
     ) -> dict[tuple[str, int], list[int]]:
@@ -776,6 +765,10 @@ class PersonalizationEngine:
         """
         gains: dict[tuple[str, int], float] = defaultdict(float)
         newcomers: dict[tuple[str, int], set[str]] = defaultdict(set)
+        seen_by = {
+            user: {(t.target_type, t.target_id) for t in targets}
+            for user, targets in histories.items()
+        }
         for entry, event_shares in zip(entries, shares, strict=True):
             event = entry.event
             if event.interaction_type == "search":
@@ -784,8 +777,7 @@ class PersonalizationEngine:
             if event.target_type in CATALOG_MODELS and event.target_type != "category":
                 target = (event.target_type, event.target_id)
                 gains[target] += weight
-                seen = {(t.target_type, t.target_id) for t in histories[entry.user_id]}
-                if target not in seen:
+                if target not in seen_by.get(entry.user_id, ()):
                     newcomers[target].add(entry.user_id)
             for category_id, share in event_shares.items():
                 gains[("category", category_id)] += weight * share
