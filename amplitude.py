@@ -100,8 +100,23 @@ def text_id(value: Any) -> str | None:
         return None
     if isinstance(value, int | float | str):
         text = str(value).strip()
-        return text or None
+        return text if text and is_storable_text(text) else None
     return None
+
+
+def is_storable_text(text: str) -> bool:
+    """Whether text can reach the database: valid UTF-8 and no NUL characters.
+
+    JSON lets lone surrogates ("\ud800") and NUL through; UTF-8 encoding and
+    PostgreSQL refuse them, and an id carrying one could never match anyway.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_time_text(text: str) -> datetime | None:

@@ -5,10 +5,11 @@ import sys
 import threading
 import time
 
-from flask import Flask, render_template, request
+from flask import Flask, abort, render_template, request
+from flask_wtf.csrf import CSRFError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import Forbidden, HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import fingerprint_key, normalize_database_url, settings_from_environment
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 JSON_PATH_PREFIXES = ("/personalization/", "/webhooks/", "/healthz")
 # Seconds a client should wait before retrying while the database is down.
 RETRY_AFTER_SECONDS = 30
+# Longest query string served; gunicorn's request-line limit is about the same.
+MAX_QUERY_STRING_BYTES = 4096
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -77,6 +80,7 @@ def create_app(config: dict | None = None) -> Flask:
             "expose_visitor_id": app.config["AMPLITUDE_EXPOSE_VISITOR_ID"],
         }
 
+    app.before_request(refuse_malformed_urls)
     app.after_request(set_visitor_cookie)
     app.after_request(set_security_headers)
     return app
@@ -183,6 +187,15 @@ def is_database_outage(error: BaseException) -> bool:
 def register_error_handlers(app: Flask) -> None:
     """Answer errors with friendly pages for people and JSON for programs."""
 
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError):
+        # Flask-WTF says 400; a missing or stale token is a refusal, so 403, which
+        # is also what the OpenAPI contract promises for an unauthenticated call.
+        message = f"{error.description} Reload the page and try again."
+        if wants_json():
+            return {"error": message}, 403
+        return render_template("errors/error.html", error=Forbidden(message)), 403
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if wants_json():
@@ -218,6 +231,24 @@ def register_template_helpers(app: Flask) -> None:
     @app.template_filter("price_range")
     def price_range(procedure) -> str:
         return f"{usd(procedure.price_min)} – {usd(procedure.price_max)}"
+
+
+def refuse_malformed_urls() -> None:
+    """Refuse huge query strings and URLs with NUL characters before any view.
+
+    No page takes more than a short search, so a long query string is abuse. No
+    slug, search or parameter can contain NUL, and PostgreSQL cannot compare text
+    with one (the driver raises), so they would end as a 500, not a 400.
+    """
+    if len(request.query_string) > MAX_QUERY_STRING_BYTES:
+        abort(
+            414, description=f"the query string is over {MAX_QUERY_STRING_BYTES} bytes"
+        )
+    parts = [request.path]
+    for name, value in request.args.items(multi=True):
+        parts += [name, value]
+    if any("\x00" in part for part in parts):
+        abort(400, description="the URL must not contain NUL characters")
 
 
 def set_security_headers(response):

@@ -207,6 +207,8 @@ def parse_event(raw: Any) -> Event:
     if target_type not in TARGET_TYPES:
         raise EventError(f"target_type must be one of {', '.join(TARGET_TYPES)}")
     target_id = raw.get("target_id")
+    if isinstance(target_id, float) and target_id.is_integer():
+        target_id = int(target_id)  # JSON has one number type: 7.0 is 7
     if target_type == "page":
         if target_id is not None:
             raise EventError("target_id must be null for target_type page")
@@ -218,12 +220,18 @@ def parse_event(raw: Any) -> Event:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise EventError("metadata must be a JSON object")
-        if len(encode_metadata(metadata).encode()) > MAX_METADATA_BYTES:
+        try:
+            size = len(encode_metadata(metadata).encode())
+        except UnicodeEncodeError:  # JSON lets "\ud800" through; UTF-8 does not
+            raise EventError("metadata holds text that is not valid Unicode") from None
+        if size > MAX_METADATA_BYTES:
             raise EventError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     if interaction_type == "search":
         query = (metadata or {}).get("query")
         if not isinstance(query, str) or not query.strip():
             raise EventError("a search event needs metadata.query, a non-empty string")
+        if "\x00" in query:  # it is searched for, and PostgreSQL refuses NUL
+            raise EventError("metadata.query must not contain NUL characters")
     return Event(interaction_type, target_type, target_id, metadata or None)
 
 

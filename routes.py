@@ -2,7 +2,10 @@
 
 import json
 import logging
+from functools import cache
+from pathlib import Path
 
+import yaml
 from flask import (
     Blueprint,
     abort,
@@ -48,6 +51,7 @@ ITEM_ENDPOINTS = {
     "doctors": "web.doctor",
 }
 TRACKING_BODY_LIMIT = 64 * 1024
+OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
 
 
 def engine() -> PersonalizationEngine:
@@ -338,3 +342,14 @@ def healthz():
         log.warning("health check: database unreachable: %s", error.__class__.__name__)
         return {"status": "unavailable", "database": "unreachable"}, 503
     return {"status": "ok", "database": "ok"}
+
+
+@web.get("/openapi.json")
+def openapi_spec():
+    """The API contract (openapi.yaml), as JSON for tools and clients."""
+    return load_openapi_spec()
+
+
+@cache
+def load_openapi_spec() -> dict:
+    return yaml.safe_load(OPENAPI_SPEC.read_text(encoding="utf-8"))

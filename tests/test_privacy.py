@@ -170,5 +170,6 @@ def test_forget_works_after_opting_out(catalog, browser):
 def test_forget_needs_the_csrf_token(catalog, browser):
     browser.get("/procedures/botox")
     response = browser.client.post("/personalization/forget")
-    assert response.status_code == 400
+    assert response.status_code == 403
+    assert "CSRF token" in response.get_json()["error"]
     assert len(stored_interactions(catalog)) == 1

@@ -295,7 +295,7 @@ def test_tracking_without_the_csrf_token_is_refused(catalog):
         "/personalization/track-interaction",
         json={"interaction_type": "view", "target_type": "page"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 403
     assert "CSRF" in response.get_json()["error"]
     assert [
         r for r in stored_interactions(catalog) if r.interaction_type != "view"
