@@ -1,8 +1,6 @@
 """Fixtures: one suite, two databases (SQLite always, PostgreSQL when reachable)."""
 
 import os
-import socket
-from contextlib import closing
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -20,6 +18,7 @@ from helpers import (  # noqa: E402
     drop_postgres_database,
     empty_all_tables,
     migrate_to_head,
+    unused_port,
 )
 
 
@@ -78,9 +77,7 @@ def runner(app):
 
 @pytest.fixture
 def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return unused_port()
 
 
 @pytest.fixture

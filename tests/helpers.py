@@ -3,12 +3,14 @@
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import closing
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -188,6 +190,76 @@ def fetch(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def flask_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run a `flask` command of the project, as a newcomer would."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def unused_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(command: list[str], env: dict, health_url: str):
+    """Start a server process, wait until it answers, stop it afterwards.
+
+    Yields the process; its output is kept for the failure message.
+    """
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_up(health_url, process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+@contextmanager
+def seeded_site(database_url: str, workers: int = 2, **settings: str):
+    """The real site under gunicorn on a free port: migrated, seeded, serving.
+
+    `settings` are environment variables (CONSENT_MODE="opt-in", ...). Yields the
+    base URL.
+    """
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        SECRET_KEY="live-site-test-key",
+        **settings,
+    )
+    flask_cli(env, "db", "upgrade")
+    flask_cli(env, "seed-demo", "--if-empty")
+    port = unused_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with running_server(gunicorn_command(port, workers), env, base_url + "/healthz"):
+        yield base_url
 
 
 def gunicorn_command(port: int, workers: int = 2) -> list[str]:

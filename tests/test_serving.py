@@ -1,54 +1,21 @@
 """Real servers start and serve the seeded site, as `make run` and `make serve` do."""
 
 import os
-import subprocess
 import sys
-from pathlib import Path
+from contextlib import ExitStack
 
 import pytest
 
-from helpers import fetch, gunicorn_command, wait_until_up
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def flask_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", *args],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+from helpers import fetch, flask_cli, gunicorn_command, running_server
 
 
 @pytest.fixture
-def serve(tmp_path):
-    """Start a server command; stop it when the test ends."""
-    processes = []
-
-    def start(command: list[str], env: dict, url: str) -> None:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+def serve():
+    """Start server commands; stop them when the test ends."""
+    with ExitStack() as servers:
+        yield lambda command, env, url: servers.enter_context(
+            running_server(command, env, url)
         )
-        processes.append(process)
-        wait_until_up(url, process)
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        process.stdout.close()
 
 
 def server_env(database_url: str) -> dict:

@@ -1,17 +1,18 @@
-"""Real-browser fixtures: the app served by gunicorn, driven by Debian's Chromium."""
+"""Real-browser fixtures: the app served by gunicorn, driven by Debian's Chromium.
+
+Screenshots go to ARTIFACTS_DIR (default: test-artifacts/ in the checkout), so CI
+can keep them.
+"""
 
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import gunicorn_command, skip_or_fail, wait_until_up
+from helpers import PROJECT, seeded_site, skip_or_fail
 
-PROJECT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -21,6 +22,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", PROJECT / "test-artifacts"))
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,9 @@ class LiveSite:
         self.base_url = base_url
         self.database = database
 
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
     def query(self, sql: str, *params):
         with sqlite3.connect(self.database) as connection:
             return connection.execute(sql, params).fetchall()
@@ -55,43 +60,30 @@ class LiveSite:
         with sqlite3.connect(self.database) as connection:
             connection.execute("DELETE FROM user_interactions")
             connection.execute("DELETE FROM user_category_affinity")
+            connection.execute("DELETE FROM item_popularity")
+            connection.execute("DELETE FROM procedure_covisitation")
+
+
+def start_live_site(tmp_path_factory, name: str, **settings: str):
+    database = tmp_path_factory.mktemp(name) / "site.db"
+    # Popularity is cached per worker; off, every page sees what the test wrote.
+    settings.setdefault("POPULARITY_CACHE_SECONDS", "0")
+    site = seeded_site(f"sqlite:///{database}", TRACKER_DEBOUNCE_MS="1000", **settings)
+    return site, database
 
 
 @pytest.fixture(scope="session")
 def live_site(tmp_path_factory):
-    from socket import socket
-
-    with socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    database = tmp_path_factory.mktemp("live") / "site.db"
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"sqlite:///{database}",
-        SECRET_KEY="browser-test-key",
-        TRACKER_DEBOUNCE_MS="1000",
-    )
-    flask = [sys.executable, "-m", "flask", "--app", "app"]
-    for args in (["db", "upgrade"], ["seed-demo"]):
-        subprocess.run(
-            flask + args, cwd=PROJECT, env=env, check=True, capture_output=True
-        )
-    server = subprocess.Popen(
-        gunicorn_command(port),
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(base_url + "/healthz", server)
+    site, database = start_live_site(tmp_path_factory, "live")
+    with site as base_url:
         yield LiveSite(base_url, database)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        server.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def live_opt_in_site(tmp_path_factory):
+    site, database = start_live_site(tmp_path_factory, "opt-in", CONSENT_MODE="opt-in")
+    with site as base_url:
+        yield LiveSite(base_url, database)
 
 
 @pytest.fixture
@@ -101,8 +93,20 @@ def site(live_site):
 
 
 @pytest.fixture
+def opt_in_site(live_opt_in_site):
+    live_opt_in_site.clear_history()
+    return live_opt_in_site
+
+
+@pytest.fixture
 def page(chromium):
     context = chromium.new_context()
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

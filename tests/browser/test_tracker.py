@@ -1,40 +1,42 @@
 """The JS tracker in a real browser: one debounced batch, nothing lost on navigation,
 nothing sent for visitors who opted out."""
 
-import time
-
 import pytest
 
-TRACK_PATH = "/personalization/track-interaction"
+from browser_helpers import stay_on_page, tracking_requests, wait_for_rows
 
 
-def wait_for_rows(site, sql, expected, seconds=10):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        rows = site.query(sql)
-        if len(rows) >= expected:
-            return rows
-        time.sleep(0.1)
-    return site.query(sql)
+def section_ids(page, section: str) -> list[int]:
+    links = page.locator(f"#{section} a[data-track-type]")
+    return [
+        int(links.nth(i).get_attribute("data-track-id")) for i in range(links.count())
+    ]
 
 
-def tracking_requests(page):
-    sent = []
-    page.on(
-        "request",
-        lambda request: sent.append(request) if TRACK_PATH in request.url else None,
+def popular_ids(page, site, content_type: str) -> list[int]:
+    """The popular ranking, from the API, for a visitor with no history."""
+    answer = page.request.get(
+        site.url(f"/personalization/recommendations/{content_type}"),
+        headers={"Sec-GPC": "1"},
     )
-    return sent
+    assert answer.ok and answer.json()["personalized"] is False
+    return [item["id"] for item in answer.json()["items"]]
 
 
-def stay_on_page(page):
-    """Keep link clicks from navigating, so several can be made on one page."""
-    page.evaluate("window.addEventListener('click', e => e.preventDefault(), true)")
+def test_first_visit_shows_full_popular_sections(site, page, artifacts):
+    page.goto(site.url("/"))
+    page.screenshot(path=artifacts / "home-before-personalization.png", full_page=True)
+    for section, size in (("categories", 6), ("procedures", 6), ("doctors", 9)):
+        heading = page.locator(f"#{section}-heading")
+        assert heading.inner_text() == f"Popular {section}"
+        assert section_ids(page, section) == popular_ids(page, site, section)
+        assert len(section_ids(page, section)) == size
+    assert page.locator(".privacy-notice").is_visible()
 
 
-def test_three_clicks_send_one_batch(site, page):
+def test_three_clicks_send_one_batch(site, page, artifacts):
     sent = tracking_requests(page)
-    page.goto(site.base_url + "/categories/injectables")
+    page.goto(site.url("/categories/injectables"))
     stay_on_page(page)
     links = page.locator('main a[data-track-type="procedure"]')
     for index in range(3):
@@ -58,7 +60,11 @@ def test_three_clicks_send_one_batch(site, page):
     # After a reload, that category, its procedures and its doctors lead.
     injectables = site.query("SELECT id FROM categories WHERE slug='injectables'")[0][0]
     clicked = {e["target_id"] for e in events}
-    page.goto(site.base_url + "/")
+    page.goto(site.url("/"))
+    page.screenshot(path=artifacts / "home-after-personalization.png", full_page=True)
+    for section in ("categories", "procedures", "doctors"):
+        heading = page.locator(f"#{section}-heading").inner_text()
+        assert heading == f"{section.capitalize()} for you"
     first = page.locator("#categories a[data-track-type]").first
     assert int(first.get_attribute("data-track-id")) == injectables
     leading = int(
