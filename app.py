@@ -203,22 +203,26 @@ def register_error_handlers(app: Flask) -> None:
         template = "errors/404.html" if error.code == 404 else "errors/error.html"
         return render_template(template, error=error), error.code
 
-    # Flask routes every unhandled exception here, wrapped in InternalServerError.
+    # Registered by type, so Flask does not log an outage as a crash: a database
+    # that is down is weather, not a bug. 503 and one log line, no traceback.
+    @app.errorhandler(DBAPIError)
+    def database_error(error: DBAPIError):
+        db.session.rollback()
+        if not is_database_outage(error):
+            raise error  # a real bug: on to the 500 handler, traceback logged
+        log.error("database unavailable on %s: %s", request.path, error.orig)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if wants_json():
+            return {"error": "service temporarily unavailable"}, 503, headers
+        return render_template("errors/500.html"), 503, headers
+
+    # Flask logs every other unhandled exception, then routes it here.
+    @app.errorhandler(InternalServerError)
     def server_error(error: InternalServerError):
         db.session.rollback()
-        cause = error.original_exception or error
-        if is_database_outage(cause):
-            log.error("database unavailable on %s: %s", request.path, cause)
-            status, message = 503, "service temporarily unavailable"
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        else:
-            log.error("unhandled error on %s", request.path, exc_info=cause)
-            status, message, headers = 500, "internal server error", {}
         if wants_json():
-            return {"error": message}, status, headers
-        return render_template("errors/500.html"), status, headers
-
-    app.register_error_handler(InternalServerError, server_error)
+            return {"error": "internal server error"}, 500
+        return render_template("errors/500.html"), 500
 
 
 def register_template_helpers(app: Flask) -> None:

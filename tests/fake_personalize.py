@@ -18,6 +18,8 @@ class FakePersonalize:
         self.mode = "ok"
         self.delay = 1.0
         self.requests: list[tuple[str, dict]] = []
+        # (path, body, status) of every request answered, in order.
+        self.responses: list[tuple[str, dict, int]] = []
         self.similar: list[str] = []
         fake = self
 
@@ -26,6 +28,7 @@ class FakePersonalize:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append((self.path, body))
+                self.body = body
                 if fake.mode == "slow":
                     time.sleep(fake.delay)
                 if fake.mode == "error":
@@ -55,6 +58,7 @@ class FakePersonalize:
 
             def reply(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()
+                fake.responses.append((self.path, self.body, status))
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -84,3 +88,7 @@ class FakePersonalize:
 
     def calls(self, path: str) -> list[dict]:
         return [body for request_path, body in self.requests if request_path == path]
+
+    def answered(self, path: str) -> list[tuple[str, dict, int]]:
+        """Requests to `path` the fake answered, with the status it gave."""
+        return [answer for answer in self.responses if answer[0] == path]

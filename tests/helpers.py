@@ -6,6 +6,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -171,17 +172,18 @@ def catalog_id(app, model, slug: str) -> int:
         return db.session.scalar(select(model.id).where(model.slug == slug))
 
 
-def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 20) -> None:
+def wait_until_up(url: str, server, seconds: float = 20) -> None:
+    """Wait until `url` answers; fail with the server's output if it died."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stdout.read()}")
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited: {server.output()}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
-    raise AssertionError(f"server did not answer on {url}")
+    raise AssertionError(f"server did not answer on {url}: {server.output()}")
 
 
 def fetch(url: str) -> tuple[int, str]:
@@ -214,23 +216,34 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
+class Server:
+    """A server process started by a test, with its output kept in a file."""
+
+    def __init__(self, process: subprocess.Popen, log_path: Path, url: str = ""):
+        self.process = process
+        self.log_path = log_path
+        self.url = url
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 @contextmanager
 def running_server(command: list[str], env: dict, health_url: str):
     """Start a server process, wait until it answers, stop it afterwards.
 
-    Yields the process; its output is kept for the failure message.
+    Output goes to a file, not a pipe: a busy server must never block on a full
+    pipe nobody reads.
     """
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log_path = Path(tempfile.mkstemp(prefix="antidote-server-", suffix=".log")[1])
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(process, log_path, health_url.rsplit("/", 1)[0])
     try:
-        wait_until_up(health_url, process)
-        yield process
+        wait_until_up(health_url, server)
+        yield server
     finally:
         process.terminate()
         try:
@@ -238,7 +251,6 @@ def running_server(command: list[str], env: dict, health_url: str):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stdout.close()
 
 
 @contextmanager
@@ -246,7 +258,7 @@ def seeded_site(database_url: str, workers: int = 2, **settings: str):
     """The real site under gunicorn on a free port: migrated, seeded, serving.
 
     `settings` are environment variables (CONSENT_MODE="opt-in", ...). Yields the
-    base URL.
+    Server; its `url` is the base URL.
     """
     env = dict(
         os.environ,
@@ -258,8 +270,10 @@ def seeded_site(database_url: str, workers: int = 2, **settings: str):
     flask_cli(env, "seed-demo", "--if-empty")
     port = unused_port()
     base_url = f"http://127.0.0.1:{port}"
-    with running_server(gunicorn_command(port, workers), env, base_url + "/healthz"):
-        yield base_url
+    with running_server(
+        gunicorn_command(port, workers), env, base_url + "/healthz"
+    ) as server:
+        yield server
 
 
 def gunicorn_command(port: int, workers: int = 2) -> list[str]:

@@ -75,15 +75,15 @@ def start_live_site(tmp_path_factory, name: str, **settings: str):
 @pytest.fixture(scope="session")
 def live_site(tmp_path_factory):
     site, database = start_live_site(tmp_path_factory, "live")
-    with site as base_url:
-        yield LiveSite(base_url, database)
+    with site as server:
+        yield LiveSite(server.url, database)
 
 
 @pytest.fixture(scope="session")
 def live_opt_in_site(tmp_path_factory):
     site, database = start_live_site(tmp_path_factory, "opt-in", CONSENT_MODE="opt-in")
-    with site as base_url:
-        yield LiveSite(base_url, database)
+    with site as server:
+        yield LiveSite(server.url, database)
 
 
 @pytest.fixture
