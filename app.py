@@ -96,6 +96,8 @@ def build_engine(app: Flask):
     if config["AWS_PERSONALIZE_ENABLED"]:
         personalize = PersonalizeClient.from_config(config)
         app.extensions["personalize_client"] = personalize
+        app.before_request(personalize.start_page)
+        app.teardown_request(personalize.end_page)
     engine = PersonalizationEngine(
         fingerprint_secret=config["FINGERPRINT_SECRET"],
         decay_rate=config["AFFINITY_DECAY_RATE"],

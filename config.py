@@ -190,6 +190,11 @@ def personalize_settings() -> dict:
         "AWS_PERSONALIZE_READ_TIMEOUT": env_number(
             "AWS_PERSONALIZE_READ_TIMEOUT", 0.2, float, minimum=0.01, maximum=30
         ),
+        # Most a page may wait on Personalize across all its calls; a call whose
+        # worst case (connect + read timeout) no longer fits is not made.
+        "AWS_PERSONALIZE_PAGE_BUDGET": env_number(
+            "AWS_PERSONALIZE_PAGE_BUDGET", 0.5, float, minimum=0.0, maximum=30
+        ),
         "AWS_PERSONALIZE_MAX_ATTEMPTS": env_number(
             "AWS_PERSONALIZE_MAX_ATTEMPTS", 2, int, minimum=1, maximum=5
         ),

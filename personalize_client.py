@@ -138,11 +138,49 @@ def personalize_event(
     return event
 
 
+class PageBudget:
+    """The time one page may spend waiting on Personalize, shared by its calls.
+
+    A page can ask for several rankings (the home page asks for three); each call
+    is bounded by the timeouts, but their sum would not be. A call starts only if
+    its worst case still fits in what is left, and after a failure none does: the
+    rest of the page keeps the local order. Per thread: each request is served by
+    one thread.
+    """
+
+    def __init__(self, seconds: float, worst_call_seconds: float):
+        self.seconds = seconds
+        self.worst_call_seconds = worst_call_seconds
+        self._spent = threading.local()
+
+    def start_page(self) -> None:
+        self._spent.seconds = 0.0
+
+    def end_page(self) -> None:
+        """Outside a request (commands, the sync thread) no budget applies."""
+        self._spent.seconds = None
+
+    def allows_a_call(self) -> bool:
+        spent = getattr(self._spent, "seconds", None)
+        if spent is None:
+            return True
+        return spent + self.worst_call_seconds <= self.seconds + 1e-9
+
+    def spend(self, seconds: float) -> None:
+        if getattr(self._spent, "seconds", None) is not None:
+            self._spent.seconds += seconds
+
+    def exhaust(self) -> None:
+        if getattr(self._spent, "seconds", None) is not None:
+            self._spent.seconds = self.seconds
+
+
 class PersonalizeClient:
     """Calls personalize-runtime and personalize-events through boto3.
 
-    Every call is bounded by the client's connect and read timeouts; failures
-    open the circuit breaker, and the caller falls back to the local ranking.
+    Every call is bounded by the client's connect and read timeouts, and a page's
+    calls together by its PageBudget; failures open the circuit breaker, and the
+    caller falls back to the local ranking.
     """
 
     def __init__(
@@ -155,6 +193,7 @@ class PersonalizeClient:
         events_client: Any = None,
         breaker: CircuitBreaker | None = None,
         events_breaker: CircuitBreaker | None = None,
+        page_budget: PageBudget | None = None,
     ):
         self.campaign_arn = campaign_arn
         self.sims_campaign_arn = sims_campaign_arn
@@ -164,6 +203,7 @@ class PersonalizeClient:
         # Separate circuits: a streaming problem must not switch off re-ranking.
         self.breaker = breaker or CircuitBreaker()
         self.events_breaker = events_breaker or CircuitBreaker()
+        self.page_budget = page_budget
         self.enabled = bool(campaign_arn)
 
     @classmethod
@@ -202,7 +242,38 @@ class PersonalizeClient:
                 config["AWS_PERSONALIZE_FAILURE_THRESHOLD"],
                 config["AWS_PERSONALIZE_COOLDOWN_SECONDS"],
             ),
+            page_budget=PageBudget(
+                config["AWS_PERSONALIZE_PAGE_BUDGET"],
+                config["AWS_PERSONALIZE_CONNECT_TIMEOUT"]
+                + config["AWS_PERSONALIZE_READ_TIMEOUT"],
+            ),
         )
+
+    def start_page(self) -> None:
+        """A request begins: it gets the whole page budget."""
+        if self.page_budget:
+            self.page_budget.start_page()
+
+    def end_page(self, error: BaseException | None = None) -> None:
+        """A request ended (a teardown_request callback)."""
+        if self.page_budget:
+            self.page_budget.end_page()
+
+    def _page_call(self, operation: str, call: Callable[[], Any]) -> Any:
+        """A call on the page path: within the page's budget, then the breaker."""
+        budget = self.page_budget
+        if budget and not budget.allows_a_call():
+            raise PersonalizeUnavailable("the page's Personalize budget is spent")
+        started = time.perf_counter()
+        try:
+            return self._call(operation, call, self.breaker)
+        except PersonalizeUnavailable:
+            if budget:
+                budget.exhaust()  # failing now: no second wait on this page
+            raise
+        finally:
+            if budget:
+                budget.spend(time.perf_counter() - started)
 
     def _call(
         self, operation: str, call: Callable[[], Any], breaker: CircuitBreaker
@@ -234,14 +305,13 @@ class PersonalizeClient:
         if not self.campaign_arn or not item_ids:
             return None
         try:
-            response = self._call(
+            response = self._page_call(
                 "GetPersonalizedRanking",
                 lambda: self.runtime.get_personalized_ranking(
                     campaignArn=self.campaign_arn,
                     userId=user_id,
                     inputList=item_ids[:MAX_RERANK_ITEMS],
                 ),
-                self.breaker,
             )
         except PersonalizeUnavailable:
             return None
@@ -255,14 +325,13 @@ class PersonalizeClient:
         if not self.sims_campaign_arn:
             return None
         try:
-            response = self._call(
+            response = self._page_call(
                 "GetRecommendations",
                 lambda: self.runtime.get_recommendations(
                     campaignArn=self.sims_campaign_arn,
                     itemId=item_id,
                     numResults=min(limit, MAX_SIMILAR_RESULTS),
                 ),
-                self.breaker,
             )
         except PersonalizeUnavailable:
             return None

@@ -182,9 +182,9 @@ PERSONALIZE_SETTINGS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
 }
-# What a page may take when Personalize misbehaves: one read timeout, plus the
-# page itself on a loaded 2-core machine.
-PAGE_BUDGET_SECONDS = 0.2 + 0.5
+# What a page may take when Personalize misbehaves: the configured budget (the
+# default, 0.5 s), plus the page itself on a loaded 2-core machine.
+PAGE_BUDGET_SECONDS = 0.5 + 0.3
 
 
 @contextmanager
@@ -224,7 +224,8 @@ def test_personalize_faults_never_slow_a_page_past_the_budget(tmp_path, mode):
         slowest_page(visitor, paths, rounds=1)  # warm up both workers
         fake.mode = mode
         fake.delay = 2.0
-        assert slowest_page(visitor, paths) < PAGE_BUDGET_SECONDS
+        slowest = slowest_page(visitor, paths)
+        assert slowest < PAGE_BUDGET_SECONDS
         answer = visitor.get("/personalization/recommendations/procedures").json()
         assert answer["source"] in ("affinity", "mixed")
         assert answer["personalized"] is True

@@ -20,6 +20,7 @@ from personalization_system import Event
 from personalize_client import (
     MAX_IMPRESSION_IDS,
     CircuitBreaker,
+    PageBudget,
     PersonalizeClient,
     personalize_event,
 )
@@ -167,6 +168,42 @@ def test_failures_fall_back_to_the_local_order(database_url, catalog, mode):
         assert visitor.get("/").status_code == 200
     finally:
         fake.stop()
+
+
+def test_a_page_waits_on_a_failing_personalize_once(database_url, catalog):
+    """The home page asks for three rankings; after one times out, the other two
+    keep the local order at once instead of waiting again."""
+    fake = FakePersonalize().start()
+    try:
+        app = personalize_app(database_url, AWS_PERSONALIZE_ENDPOINT_URL=fake.url)
+        visitor = interested_visitor(app)
+        fake.mode = "ok"
+        visitor.get("/")
+        assert len(fake.calls("/personalize-ranking")) == 3  # healthy: all three
+        fake.mode, fake.delay = "slow", 1.0
+        started = time.perf_counter()
+        assert visitor.get("/").status_code == 200
+        elapsed = time.perf_counter() - started
+        assert len(fake.calls("/personalize-ranking")) == 3 + 1
+        assert elapsed < 0.1 + 0.2 + 0.3  # one connect + read timeout, plus the page
+    finally:
+        fake.stop()
+
+
+def test_page_budget_admits_a_call_only_if_its_worst_case_fits():
+    budget = PageBudget(seconds=0.5, worst_call_seconds=0.3)
+    assert budget.allows_a_call()  # outside a request: no budget
+    budget.start_page()
+    assert budget.allows_a_call()
+    budget.spend(0.2)
+    assert budget.allows_a_call()  # 0.2 + 0.3 fits in 0.5
+    budget.spend(0.05)
+    assert not budget.allows_a_call()
+    budget.start_page()
+    budget.exhaust()
+    assert not budget.allows_a_call()
+    budget.end_page()
+    assert budget.allows_a_call()
 
 
 def test_circuit_opens_after_repeated_failures_and_recovers(database_url, catalog):
