@@ -5,8 +5,10 @@ gunicorn, as in production."""
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +167,41 @@ def test_database_stopping_mid_run_gives_503_then_recovers(private_postgres):
         )
         == 5
     )  # one before the outage, four after; none half-written during it
+
+
+def test_sqlite_under_concurrent_writers_loses_no_event(tmp_path):
+    """Four gunicorn worker processes write to one SQLite file at once: sixteen
+    tabs of one visitor (so every batch updates the same affinity row) send ten
+    batches each, all released together. Every event is accepted and stored."""
+    database = tmp_path / "site.db"
+    tabs, batches, per_batch = 16, 10, 5
+    with seeded_site(
+        f"sqlite:///{database}", workers=4, TRACKING_RATE_LIMIT="100000 per minute"
+    ) as site:
+        visitors = [WebVisitor(site.url) for _ in range(tabs)]
+        events = [click(pid) for pid in procedure_ids(visitors[0])[:per_batch]]
+        barrier = threading.Barrier(tabs)
+        answers = []
+
+        def send_batches(visitor: WebVisitor) -> None:
+            barrier.wait()
+            for _ in range(batches):
+                answer = visitor.track(*events)
+                answers.append((answer.status_code, answer.json().get("accepted")))
+
+        threads = [threading.Thread(target=send_batches, args=(v,)) for v in visitors]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert "Traceback" not in site.output()
+
+    assert answers == [(202, per_batch)] * (tabs * batches)
+    with sqlite3.connect(database) as connection:
+        [(stored,)] = connection.execute(
+            "SELECT count(*) FROM user_interactions WHERE interaction_type = 'click'"
+        ).fetchall()
+    assert stored == tabs * batches * per_batch
 
 
 # AWS Personalize fails
