@@ -26,6 +26,7 @@ from personalization_system import (
     Event,
     PersonalizationEngine,
     VisitorEvent,
+    is_storable_text,
 )
 from personalize_client import MAX_IMPRESSION_IDS
 
@@ -102,21 +103,6 @@ def text_id(value: Any) -> str | None:
         text = str(value).strip()
         return text if text and is_storable_text(text) else None
     return None
-
-
-def is_storable_text(text: str) -> bool:
-    """Whether text can reach the database: valid UTF-8 and no NUL characters.
-
-    JSON lets lone surrogates ("\ud800") and NUL through; UTF-8 encoding and
-    PostgreSQL refuse them, and an id carrying one could never match anyway.
-    """
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_time_text(text: str) -> datetime | None:

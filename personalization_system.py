@@ -230,9 +230,24 @@ def parse_event(raw: Any) -> Event:
         query = (metadata or {}).get("query")
         if not isinstance(query, str) or not query.strip():
             raise EventError("a search event needs metadata.query, a non-empty string")
-        if "\x00" in query:  # it is searched for, and PostgreSQL refuses NUL
+        if not is_storable_text(query):  # it is searched for in the database
             raise EventError("metadata.query must not contain NUL characters")
     return Event(interaction_type, target_type, target_id, metadata or None)
+
+
+def is_storable_text(text: str) -> bool:
+    """Whether text can reach the database: valid UTF-8 and no NUL characters.
+
+    JSON lets lone surrogates ("\ud800") and NUL through; UTF-8 encoding and
+    PostgreSQL refuse them, and an id or a query carrying one matches nothing.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_metadata(metadata: dict) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+import requests
 from sqlalchemy.engine import make_url
 
 from app import create_app
@@ -145,6 +146,28 @@ class Browser:
     def cookie(self, name):
         cookie = self.client.get_cookie(name)
         return cookie.value if cookie else None
+
+
+class WebVisitor:
+    """One browser over real HTTP: cookies, and the CSRF token of its first page."""
+
+    def __init__(self, base_url: str, agent: str = "Mozilla/5.0 (X11; Linux) Test/1.0"):
+        self.base_url = base_url
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = agent
+        page = self.session.get(base_url + "/privacy", timeout=30)
+        self.token = CSRF_META.search(page.text).group(1)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=30, **kwargs)
+
+    def track(self, *events) -> requests.Response:
+        return self.session.post(
+            self.base_url + "/personalization/track-interaction",
+            json={"events": list(events)},
+            headers={"X-CSRFToken": self.token},
+            timeout=30,
+        )
 
 
 def stored_interactions(app) -> list:

@@ -15,34 +15,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-import requests
 
 from fake_personalize import FakePersonalize
-from helpers import CSRF_META, seeded_site, skip_or_fail, unused_port
-
-TRACK = "/personalization/track-interaction"
-
-
-class WebVisitor:
-    """One browser over real HTTP: cookies, and the CSRF token of its first page."""
-
-    def __init__(self, base_url: str):
-        self.base_url = base_url
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux) FaultTest/1.0"
-        page = self.session.get(base_url + "/privacy", timeout=10)
-        self.token = CSRF_META.search(page.text).group(1)
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return self.session.get(self.base_url + path, timeout=10, **kwargs)
-
-    def track(self, *events) -> requests.Response:
-        return self.session.post(
-            self.base_url + TRACK,
-            json={"events": list(events)},
-            headers={"X-CSRFToken": self.token},
-            timeout=10,
-        )
+from helpers import WebVisitor, seeded_site, skip_or_fail, unused_port
 
 
 def click(procedure_id: int) -> dict:

@@ -7,7 +7,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from helpers import Browser, app_config, stored_interactions
+from app import create_app
+from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Category, Procedure, UserCategoryAffinity, UserInteraction, db
 
 TRACK = "/personalization/track-interaction"
@@ -142,8 +143,7 @@ def test_injection_strings_in_metadata_are_stored_as_plain_data(catalog, visitor
 
 
 def test_a_batch_keeps_its_valid_events_among_hostile_ones(catalog, visitor):
-    with catalog.app_context():
-        category = db.session.scalar(select(Category.id).limit(1))
+    category = catalog_id(catalog, Category, "injectables")
     good = {
         "interaction_type": "click",
         "target_type": "category",
@@ -259,8 +259,6 @@ def test_forged_forwarded_for_changes_nobody_s_identity(catalog, forged):
 
 
 def test_forged_forwarded_for_behind_one_proxy_is_still_served(database_url, catalog):
-    from app import create_app
-
     app = create_app(app_config(database_url, TRUSTED_PROXY_COUNT=1))
     answer = app.test_client().get(
         "/", headers={"X-Forwarded-For": "<script>, not-an-ip, 999.999.1.1"}
@@ -309,8 +307,6 @@ def test_privacy_choice_refuses_hostile_forms(catalog, visitor, form):
 
 @pytest.fixture
 def hook(database_url, catalog):
-    from app import create_app
-
     app = create_app(app_config(database_url, AMPLITUDE_WEBHOOK_SECRET=WEBHOOK_SECRET))
     client = app.test_client()
 
@@ -359,8 +355,7 @@ def test_webhook_refuses_forged_tokens(catalog, hook, headers):
 
 
 def test_webhook_skips_hostile_events_and_keeps_good_ones(catalog, hook):
-    with catalog.app_context():
-        botox = db.session.scalar(select(Procedure.id).where(Procedure.slug == "botox"))
+    botox = catalog_id(catalog, Procedure, "botox")
     events = [
         {"event_type": "<script>", "user_id": "' OR 1=1 --"},
         {"event_type": ["view"], "user_id": "u1"},

@@ -18,8 +18,8 @@ import requests
 from sqlalchemy.engine import make_url
 
 from helpers import (
-    CSRF_META,
     PROJECT,
+    WebVisitor,
     create_postgres_database,
     drop_postgres_database,
     seeded_site,
@@ -76,10 +76,7 @@ class Tally:
 def visit(base_url: str, number: int, ids: dict, tally: Tally, until: float) -> None:
     """One visitor's session: browse, click, search, ask for recommendations."""
     chance = random.Random(number)
-    session = requests.Session()
-    session.headers["User-Agent"] = f"Mozilla/5.0 LoadTest/{number}"
-    page = session.get(base_url + "/privacy", timeout=30)
-    token = CSRF_META.search(page.text).group(1)
+    visitor = WebVisitor(base_url, agent=f"Mozilla/5.0 LoadTest/{number}")
     while time.monotonic() < until:
         roll = chance.random()
         if roll < 0.35:
@@ -101,12 +98,7 @@ def visit(base_url: str, number: int, ids: dict, tally: Tally, until: float) -> 
                         "metadata": {"load": number},
                     }
                 )
-            answer = session.post(
-                base_url + "/personalization/track-interaction",
-                json={"events": events},
-                headers={"X-CSRFToken": token},
-                timeout=30,
-            )
+            answer = visitor.track(*events)
             tally.record("track", answer)
             if answer.status_code == 202:
                 with tally.lock:
@@ -120,25 +112,17 @@ def visit(base_url: str, number: int, ids: dict, tally: Tally, until: float) -> 
                     "/doctors",
                 ]
             )
-            tally.record("page", session.get(base_url + path, timeout=30))
+            tally.record("page", visitor.get(path))
         elif roll < 0.7:
             kind = chance.choice(["categories", "procedures", "doctors"])
-            tally.record(
-                "api",
-                session.get(
-                    base_url + f"/personalization/recommendations/{kind}", timeout=30
-                ),
-            )
+            tally.record("api", visitor.get(f"/personalization/recommendations/{kind}"))
         elif roll < 0.8:
             query = chance.choice(["botox", "lip filler", "laser", "' OR 1=1 --", "zz"])
-            tally.record(
-                "search",
-                session.get(base_url + "/search", params={"q": query}, timeout=30),
-            )
+            tally.record("search", visitor.get("/search", params={"q": query}))
         elif roll < 0.9:
             send_webhook(base_url, number, chance, ids, tally)
         else:
-            tally.record("health", session.get(base_url + "/healthz", timeout=30))
+            tally.record("health", visitor.get("/healthz"))
 
 
 def send_webhook(base_url, number, chance, ids, tally) -> None:
