@@ -2,8 +2,6 @@
 
 import logging
 import sys
-import threading
-import time
 
 from flask import Flask, abort, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -12,6 +10,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import Forbidden, HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import personalization_system
 from config import fingerprint_key, normalize_database_url, settings_from_environment
 from extensions import csrf, limiter, migrate
 from models import db
@@ -53,7 +52,7 @@ def create_app(config: dict | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
 
-    app.extensions["personalization_engine"] = build_engine(app)
+    personalization_system.init_app(app)
 
     from routes import web
     from webhooks import webhooks
@@ -84,59 +83,6 @@ def create_app(config: dict | None = None) -> Flask:
     app.after_request(set_visitor_cookie)
     app.after_request(set_security_headers)
     return app
-
-
-def build_engine(app: Flask):
-    """Create the engine, with AWS Personalize behind it when enabled."""
-    from personalization_system import PersonalizationEngine
-    from personalize_client import PersonalizeClient
-
-    config = app.config
-    personalize = None
-    if config["AWS_PERSONALIZE_ENABLED"]:
-        personalize = PersonalizeClient.from_config(config)
-        app.extensions["personalize_client"] = personalize
-        app.before_request(personalize.start_page)
-        app.teardown_request(personalize.end_page)
-    engine = PersonalizationEngine(
-        fingerprint_secret=config["FINGERPRINT_SECRET"],
-        decay_rate=config["AFFINITY_DECAY_RATE"],
-        weights=config["INTERACTION_WEIGHTS"],
-        popularity_window_days=config["POPULARITY_WINDOW_DAYS"],
-        popularity_decay_rate=config["POPULARITY_DECAY_RATE"],
-        popularity_cache_seconds=config["POPULARITY_CACHE_SECONDS"],
-        covisitation_weight=config["COVISITATION_WEIGHT"],
-        history_weight=config["HISTORY_WEIGHT"],
-        reranker=personalize,
-        stream_events=bool(personalize and personalize.tracking_id),
-    )
-    if engine.stream_events and config["AWS_PERSONALIZE_SYNC_INTERVAL"] > 0:
-        if not app.testing:
-            start_event_sync(app, engine, personalize)
-    return engine
-
-
-def start_event_sync(app: Flask, engine, personalize) -> None:
-    """Deliver queued events to Personalize in the background, every few seconds.
-
-    Each worker runs one; claims in the outbox keep them from sending twice.
-    """
-    interval = app.config["AWS_PERSONALIZE_SYNC_INTERVAL"]
-
-    def deliver_forever() -> None:
-        while True:
-            time.sleep(interval)
-            try:
-                with app.app_context():
-                    result = engine.sync_personalize_events(personalize)
-                if result["sent"] or result["failed"]:
-                    log.info("Personalize event sync: %s", result)
-            except Exception:  # the loop must survive anything, and say so
-                log.exception("Personalize event sync failed")
-
-    threading.Thread(
-        target=deliver_forever, name="personalize-sync", daemon=True
-    ).start()
 
 
 def trust_proxies(app: Flask) -> None:

@@ -75,3 +75,12 @@ def search_catalog(raw_query: str | None) -> SearchResults:
         )
         setattr(results, kind, list(db.session.scalars(statement)))
     return results
+
+
+def result_categories(raw_query: str) -> list[int]:
+    """The categories of a search's results, best first: category matches, then
+    each matching procedure's category (one entry per result)."""
+    results = search_catalog(raw_query)
+    return [c.id for c in results.categories] + [
+        p.category_id for p in results.procedures
+    ]

@@ -10,28 +10,12 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from amplitude import expired_keys
 from demo_catalog import catalog_is_empty, seed_demo_catalog
-from evaluation import (
-    SPLITS,
-    LoggedEvent,
-    build_scratch_app,
-    evaluate_engine,
-    format_table,
-    split_log,
-)
-from models import (
-    Category,
-    PersonalizeOutbox,
-    Procedure,
-    UserCategoryAffinity,
-    UserInteraction,
-    WebhookEventKey,
-    db,
-    utcnow,
-)
-from personalization_system import AFFINITY_FLOOR, as_utc
-from personalize_export import export_datasets
+from models import Category, Procedure, UserInteraction, db, utcnow
+from personalization.evaluation import SPLITS, format_table, split_log
+from personalization.events import Interaction, ItemKey, VisitorInteraction
+from personalization.statistics import as_utc
+from personalization_system import current_system, replay_system
 
 
 @click.command("seed-demo")
@@ -88,28 +72,22 @@ personalization = AppGroup(
 )
 def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
     """Delete old interactions and faded interest scores, in short batches."""
-    days = days or current_app.config["INTERACTION_RETENTION_DAYS"]
-    engine = current_app.extensions["personalization_engine"]
-    now = utcnow()
-    cutoff = now - timedelta(days=days)
+    system = current_system()
+    days = days or system.settings.interaction_retention_days
     started = time.monotonic()
-    work = [
-        ("interactions", UserInteraction, engine.expired_interactions(cutoff)),
-        ("affinities", UserCategoryAffinity, engine.faded_affinities(now)),
-        ("delivered events", PersonalizeOutbox, engine.delivered_events(cutoff)),
-        ("webhook keys", WebhookEventKey, expired_keys(now)),
-    ]
     summary = {}
     try:
-        for label, model, ids in work:
-            pending = engine.count(ids)
+        for task in system.retention_tasks(days, utcnow()):
+            pending = system.count(task)
             if dry_run or not pending:
-                summary[label] = pending
+                summary[task.label] = pending
                 continue
-            summary[label] = 0
-            with click.progressbar(length=pending, label=f"Deleting {label}") as bar:
-                for deleted in engine.delete_in_batches(model, ids, batch_size):
-                    summary[label] += deleted
+            summary[task.label] = 0
+            with click.progressbar(
+                length=pending, label=f"Deleting {task.label}"
+            ) as bar:
+                for deleted in system.delete_in_batches(task, batch_size):
+                    summary[task.label] += deleted
                     bar.update(deleted)
     except SQLAlchemyError as error:
         db.session.rollback()
@@ -121,7 +99,8 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
     verb = "Would delete" if dry_run else "Deleted"
     click.echo(
         f"{verb} {summary['interactions']} interactions older than {days} days, "
-        f"{summary['affinities']} affinities below {AFFINITY_FLOOR} and "
+        f"{summary['affinities']} affinities below "
+        f"{system.settings.affinity_floor} and "
         f"{summary['delivered events']} delivered Personalize events and "
         f"{summary['webhook keys']} expired webhook keys "
         f"in {time.monotonic() - started:.2f}s."
@@ -131,12 +110,10 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
 @personalization.command("refresh")
 def refresh_command() -> None:
     """Rebuild item popularity and co-visitation from the interaction log."""
-    engine = current_app.extensions["personalization_engine"]
     started = time.monotonic()
     try:
-        counts = engine.refresh_statistics()
+        counts = current_system().refresh_statistics()
     except SQLAlchemyError as error:
-        db.session.rollback()
         raise click.ClickException(f"refresh failed: {error}") from error
     click.echo(
         f"Rebuilt {counts['item_popularity']} popularity rows and "
@@ -161,8 +138,7 @@ def sync_events_command(max_events: int) -> None:
             "Personalize event streaming is off: set AWS_PERSONALIZE_ENABLED=true "
             "and AWS_PERSONALIZE_TRACKING_ID."
         )
-    engine = current_app.extensions["personalization_engine"]
-    result = engine.sync_personalize_events(client, max_events=max_events)
+    result = current_system().sync_personalize_events(client, max_events=max_events)
     click.echo(f"Sent {result['sent']} events; {result['pending']} still queued.")
     if result["failed"]:
         raise click.ClickException(
@@ -179,9 +155,8 @@ def sync_events_command(max_events: int) -> None:
 )
 def export_command(output_dir: Path) -> None:
     """Write interactions, items and users for a Personalize dataset import."""
-    engine = current_app.extensions["personalization_engine"]
     try:
-        written = export_datasets(output_dir, engine.weights)
+        written = current_system().export_datasets(output_dir)
     except (OSError, SQLAlchemyError) as error:
         raise click.ClickException(f"export failed: {error}") from error
     for name, count in written.items():
@@ -207,26 +182,27 @@ def export_command(output_dir: Path) -> None:
 )
 def evaluate_command(method: str, k: int, since: int | None) -> None:
     """Replay the interaction log and score each ranking strategy on it."""
-    engine = current_app.extensions["personalization_engine"]
-    events = site_log(since)
-    if len(events) < 2:
+    system = current_system()
+    log = site_log(since)
+    if len(log) < 2:
         raise click.ClickException(
             "not enough procedure interactions to evaluate (need at least 2)"
         )
-    split = split_log(events, method, engine.weights)
+    split = split_log(log, method, system.settings.interaction_weights)
     if not split.test:
         raise click.ClickException(
             "no visitor has interactions on both sides of the split"
         )
     categories = db.session.execute(select(Category.id, Category.name)).all()
-    items = db.session.execute(select(Procedure.id, Procedure.category_id)).all()
-    scratch = build_scratch_app(
+    procedures = db.session.execute(select(Procedure.id, Procedure.category_id)).all()
+    replay = replay_system(
         categories,
-        items,
+        procedures,
         split,
-        {"INTERACTION_WEIGHTS": current_app.config["INTERACTION_WEIGHTS"]},
+        system.settings,
+        current_app.extensions.get("personalize_client"),
     )
-    results = evaluate_engine(scratch, split, k, len(items))
+    results = replay.evaluate(split, k, len(procedures))
     click.echo(
         f"{len(split.train)} training events, {len(split.test)} test visitors, "
         f"split {method}, cutoff {split.cutoff:%Y-%m-%d %H:%M}."
@@ -234,19 +210,25 @@ def evaluate_command(method: str, k: int, since: int | None) -> None:
     click.echo(format_table(results, k))
 
 
-def site_log(since_days: int | None) -> list[LoggedEvent]:
+def site_log(since_days: int | None) -> list[VisitorInteraction]:
     """The site's procedure interactions, oldest first."""
     log = UserInteraction
     statement = select(
-        log.user_id, log.target_id, log.interaction_type, log.timestamp
+        log.user_id, log.session_id, log.target_id, log.interaction_type, log.timestamp
     ).where(log.target_type == "procedure")
     if since_days:
         statement = statement.where(
             log.timestamp >= utcnow() - timedelta(days=since_days)
         )
     return [
-        LoggedEvent(user, item, kind, as_utc(stamp))
-        for user, item, kind, stamp in db.session.execute(statement.order_by(log.id))
+        VisitorInteraction(
+            visitor,
+            session,
+            Interaction(kind, ItemKey("procedure", item), occurred_at=as_utc(stamp)),
+        )
+        for visitor, session, item, kind, stamp in db.session.execute(
+            statement.order_by(log.id)
+        )
     ]
 
 

@@ -7,12 +7,11 @@ import os
 import secrets
 from pathlib import Path
 
+from personalization.settings import SettingsError as ConfigError
+from personalization.settings import checked, tunables
+
 SECRET_KEY_FILE = "secret_key"
 CONSENT_MODES = ("opt-out", "opt-in")
-
-
-class ConfigError(ValueError):
-    """A setting in the environment has a value the site cannot use."""
 
 
 def env_bool(name: str, default: bool | None) -> bool | None:
@@ -33,15 +32,7 @@ def env_number(name: str, default, kind=float, minimum=None, maximum=None):
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
-    if (minimum is not None and value < minimum) or (
-        maximum is not None and value > maximum
-    ):
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, not {raw}")
-    return value
+    return checked(name, raw.strip(), kind, minimum, maximum)
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -117,15 +108,6 @@ def settings_from_environment(instance_path: str) -> dict:
         "SECRET_KEY": os.environ.get("SECRET_KEY")
         or load_or_create_secret_key(instance_path),
         "PERSONALIZATION_ENABLED": env_bool("PERSONALIZATION_ENABLED", True),
-        "INTERACTION_RETENTION_DAYS": env_number(
-            "INTERACTION_RETENTION_DAYS", 90, int, minimum=1
-        ),
-        "AFFINITY_DECAY_RATE": env_number(
-            "AFFINITY_DECAY_RATE", 0.95, float, minimum=0.0, maximum=1.0
-        ),
-        "POPULARITY_WINDOW_DAYS": env_number(
-            "POPULARITY_WINDOW_DAYS", 30, int, minimum=1
-        ),
         # Empty means: derive it from SECRET_KEY (see fingerprint_key).
         "FINGERPRINT_SECRET": os.environ.get("FINGERPRINT_SECRET", ""),
         "TRUSTED_PROXY_COUNT": env_number("TRUSTED_PROXY_COUNT", 0, int, minimum=0),
@@ -134,22 +116,10 @@ def settings_from_environment(instance_path: str) -> dict:
         "TRACKER_DEBOUNCE_MS": env_number(
             "TRACKER_DEBOUNCE_MS", 1000, int, minimum=0, maximum=60000
         ),
-        "INTERACTION_WEIGHTS": env_weights("INTERACTION_WEIGHTS"),
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
         "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
         "RATELIMIT_HEADERS_ENABLED": True,
-        "POPULARITY_DECAY_RATE": env_number(
-            "POPULARITY_DECAY_RATE", 0.9, float, minimum=0.0, maximum=1.0
-        ),
-        "POPULARITY_CACHE_SECONDS": env_number(
-            "POPULARITY_CACHE_SECONDS", 60.0, float, minimum=0.0
-        ),
-        "COVISITATION_WEIGHT": env_number(
-            "COVISITATION_WEIGHT", 0.4, float, minimum=0.0, maximum=1.0
-        ),
-        "HISTORY_WEIGHT": env_number(
-            "HISTORY_WEIGHT", 0.6, float, minimum=0.0, maximum=2.0
-        ),
+        **tunables_from_environment(),
         **personalize_settings(),
         "AMPLITUDE_WEBHOOK_SECRET": os.environ.get("AMPLITUDE_WEBHOOK_SECRET", ""),
         "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS": os.environ.get(
@@ -163,6 +133,22 @@ def settings_from_environment(instance_path: str) -> dict:
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
     }
+
+
+def tunables_from_environment() -> dict:
+    """The engine's tunables; names, defaults, ranges: personalization/settings.py."""
+    values = {
+        spec.name.upper(): env_number(
+            spec.name.upper(),
+            spec.default,
+            type(spec.default),
+            spec.metadata["minimum"],
+            spec.metadata["maximum"],
+        )
+        for spec in tunables()
+    }
+    values["INTERACTION_WEIGHTS"] = env_weights("INTERACTION_WEIGHTS")
+    return values
 
 
 def personalize_settings() -> dict:

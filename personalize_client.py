@@ -1,6 +1,6 @@
 """The AWS Personalize adapter (boto3): re-ranking, similar items and event
-streaming, with strict timeouts and a circuit breaker, behind a small interface
-that the local engine also satisfies with NullReranker."""
+streaming, with strict timeouts, a per-page budget and a circuit breaker. The
+engine reaches it through personalization.recommenders.PersonalizeRecommender."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -19,32 +19,6 @@ MAX_EVENTS_PER_CALL = 10
 MAX_IMPRESSION_IDS = 25
 MAX_PROPERTIES_CHARS = 1024
 MAX_SIMILAR_RESULTS = 500
-
-
-class Reranker(Protocol):
-    """Re-orders the local engine's candidates; None means "keep the local order"."""
-
-    enabled: bool
-
-    def rerank(
-        self, user_id: str, item_ids: list[str]
-    ) -> list[tuple[str, float]] | None: ...
-
-    def similar_items(
-        self, item_id: str, limit: int
-    ) -> list[tuple[str, float]] | None: ...
-
-
-class NullReranker:
-    """The local engine alone: no cloud calls, local order everywhere."""
-
-    enabled = False
-
-    def rerank(self, user_id: str, item_ids: list[str]) -> None:
-        return None
-
-    def similar_items(self, item_id: str, limit: int) -> None:
-        return None
 
 
 class PersonalizeUnavailable(RuntimeError):

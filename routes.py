@@ -22,12 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import search_catalog
 from extensions import limiter
 from models import Category, Doctor, Package, Procedure, db, doctor_procedures
-from personalization_system import (
-    MAX_BATCH_EVENTS,
-    MAX_LIMIT,
-    Event,
-    PersonalizationEngine,
-)
+from personalization.events import MAX_BATCH_EVENTS, Interaction, ItemKey
+from personalization_system import current_system
 from visitor import (
     browser_fingerprint,
     current_visitor,
@@ -40,11 +36,19 @@ log = logging.getLogger(__name__)
 
 web = Blueprint("web", __name__)
 
-HOME_SECTION_SIZES = {"categories": 6, "procedures": 6, "doctors": 9}
+# Home page sections, by item kind, and their sizes.
+HOME_SECTION_SIZES = {"category": 6, "procedure": 6, "doctor": 9}
 DOCTORS_ON_CATEGORY_PAGE = 9
 SIMILAR_PROCEDURES = 6
-# The recommendations API: its content types, their default sizes, its ceiling.
+# The recommendations API: its content types, the kind of item each lists, their
+# default sizes and its ceiling.
+CONTENT_TYPE_KINDS = {
+    "categories": "category",
+    "procedures": "procedure",
+    "doctors": "doctor",
+}
 RECOMMENDATION_LIMITS = {"categories": 6, "procedures": 6, "doctors": 9}
+MAX_LIMIT = 50
 ITEM_ENDPOINTS = {
     "categories": "web.category",
     "procedures": "web.procedure",
@@ -54,25 +58,17 @@ TRACKING_BODY_LIMIT = 64 * 1024
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
 
 
-def engine() -> PersonalizationEngine:
-    """Return the app's engine, created once in the factory."""
-    return current_app.extensions["personalization_engine"]
-
-
-def log_page_view(target_type: str = "page", target_id: int | None = None) -> None:
+def log_page_view(item: ItemKey | None = None) -> None:
     """Record this page view for a tracked visitor; a failure never breaks the page."""
     visitor = current_visitor()
     if not visitor.tracked:
         return
-    metadata = {"path": request.path} if target_type == "page" else None
+    metadata = None if item else {"path": request.path}
     try:
-        engine().record_interactions(
-            visitor.id,
-            visitor.session_id,
-            [Event("view", target_type, target_id, metadata)],
+        current_system().record_interactions(
+            visitor.id, visitor.session_id, [Interaction("view", item, metadata)]
         )
     except SQLAlchemyError as error:
-        db.session.rollback()
         log.warning("page view not recorded: %s", error.__class__.__name__)
 
 
@@ -84,8 +80,13 @@ def get_by_slug(model, slug: str):
 @web.get("/")
 def home():
     log_page_view()
-    sections = engine().get_home_sections(current_visitor().id, HOME_SECTION_SIZES)
-    return render_template("home.html", **sections)
+    sections = current_system().home_sections(current_visitor().id, HOME_SECTION_SIZES)
+    return render_template(
+        "home.html",
+        categories=sections["category"],
+        procedures=sections["procedure"],
+        doctors=sections["doctor"],
+    )
 
 
 @web.get("/categories")
@@ -125,7 +126,7 @@ def doctors():
 @web.get("/categories/<slug>")
 def category(slug: str):
     item = get_by_slug(Category, slug)
-    log_page_view("category", item.id)
+    log_page_view(ItemKey("category", item.id))
     doctors = db.session.scalars(
         select(Doctor)
         .where(
@@ -144,22 +145,24 @@ def category(slug: str):
 @web.get("/procedures/<slug>")
 def procedure(slug: str):
     item = get_by_slug(Procedure, slug)
-    log_page_view("procedure", item.id)
-    similar = engine().get_similar_procedures(item.id, SIMILAR_PROCEDURES)
+    log_page_view(ItemKey("procedure", item.id))
+    similar = current_system().similar(
+        ItemKey("procedure", item.id), SIMILAR_PROCEDURES
+    )
     return render_template("procedure.html", procedure=item, similar=similar)
 
 
 @web.get("/doctors/<slug>")
 def doctor(slug: str):
     item = get_by_slug(Doctor, slug)
-    log_page_view("doctor", item.id)
+    log_page_view(ItemKey("doctor", item.id))
     return render_template("doctor.html", doctor=item)
 
 
 @web.get("/packages/<slug>")
 def package(slug: str):
     item = get_by_slug(Package, slug)
-    log_page_view("package", item.id)
+    log_page_view(ItemKey("package", item.id))
     return render_template("package.html", package=item)
 
 
@@ -230,10 +233,11 @@ def track_interaction():
             "ignored": len(events),
             "reason": f"tracking is off for this visitor ({visitor.blocked_by})",
         }, 202
-    valid, rejected = engine().validate_events(events)
+    system = current_system()
+    valid, rejected = system.validate_events(events)
     if not valid:
         return {"error": "no valid events", "accepted": 0, "rejected": rejected}, 400
-    accepted = engine().record_interactions(visitor.id, visitor.session_id, valid)
+    accepted = system.record_interactions(visitor.id, visitor.session_id, valid)
     return {"accepted": accepted, "rejected": rejected}, 202
 
 
@@ -272,9 +276,11 @@ def recommendations(content_type: str):
         item = db.session.scalar(select(Procedure).where(Procedure.slug == slug))
         if item is None:
             return {"error": f"no procedure with slug {slug!r}"}, 404
-        ranking = engine().get_similar_procedures(item.id, limit)
+        ranking = current_system().similar(ItemKey("procedure", item.id), limit)
     else:
-        ranking = recommend(content_type, current_visitor().id, limit)
+        ranking = current_system().recommend(
+            CONTENT_TYPE_KINDS[content_type], current_visitor().id, limit
+        )
     return {
         "content_type": content_type,
         "personalized": ranking.personalized,
@@ -291,15 +297,6 @@ def recommendations(content_type: str):
             for entry in ranking
         ],
     }
-
-
-def recommend(content_type: str, visitor_id: str | None, limit: int):
-    ranking = engine()
-    if content_type == "categories":
-        return ranking.get_personalized_categories(visitor_id, limit)
-    if content_type == "procedures":
-        return ranking.get_personalized_procedures(visitor_id, limit)
-    return ranking.get_personalized_doctors(visitor_id, limit)
 
 
 def parse_limit(raw: str | None, default: int) -> tuple[int, str | None]:
@@ -319,7 +316,7 @@ def forget():
     what was recorded before.
     """
     identities = {browser_fingerprint(), visitor_id_from_cookie()} - {None}
-    deleted = engine().forget_visitor(identities)
+    deleted = current_system().forget_visitor(identities)
     log.info("visitor erased: %s", deleted)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         flash(

@@ -1,18 +1,19 @@
 """Who the anonymous visitor is, and whether they let us track them: the visitor
 cookie, the keyed fingerprint, privacy signals (GPC, DNT, opt-out) and consent."""
 
-import re
 import secrets
 from dataclasses import dataclass
 
 from flask import current_app, g, request, session
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from personalization.identity import VISITOR_ID
+from personalization_system import current_system
+
 VISITOR_COOKIE = "antidote_visitor"
 # "on": the visitor agreed to personalization (needed in opt-in mode);
 # "off": the visitor opted out or declined.
 TRACKING_COOKIE = "antidote_tracking"
-VISITOR_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,6 @@ class Visitor:
     @property
     def tracked(self) -> bool:
         return self.id is not None
-
-    def identities(self) -> set[str]:
-        """Every id this browser's history may be stored under."""
-        return {i for i in (self.id, self.fingerprint) if i}
-
-
-def engine():
-    return current_app.extensions["personalization_engine"]
 
 
 def cookie_serializer() -> URLSafeSerializer:
@@ -78,7 +71,7 @@ def visitor_id_from_cookie() -> str | None:
 
 def browser_fingerprint() -> str:
     """Fingerprint this request's browser; the IP comes from ProxyFix, if trusted."""
-    return engine().create_browser_fingerprint(
+    return current_system().fingerprint(
         request.headers.get("User-Agent"),
         request.remote_addr,
         request.headers.get("Accept-Language"),
@@ -158,6 +151,4 @@ def rate_limit_key() -> str:
     visitor = current_visitor()
     if visitor.tracked:
         return "visitor:" + visitor.id
-    return "address:" + engine().create_browser_fingerprint(
-        None, request.remote_addr, None
-    )
+    return "address:" + current_system().fingerprint(None, request.remote_addr, None)

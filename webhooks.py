@@ -6,8 +6,9 @@ import logging
 
 from flask import Blueprint, abort, current_app, request
 
-from amplitude import MAX_EVENTS, PayloadError, ingest, unpack_payload
+from amplitude import MAX_EVENTS, PayloadError, read_events, summary, unpack_payload
 from models import utcnow
+from personalization_system import current_system
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,17 @@ def amplitude():
         return {"error": message}, 400
     if len(events) > MAX_EVENTS:
         return {"error": f"a request holds at most {MAX_EVENTS} events"}, 413
-    result = ingest(
-        current_app.extensions["personalization_engine"],
+    system = current_system()
+    received_at = utcnow()
+    readable, skipped = read_events(
         events,
-        received_at=utcnow(),
-        retention_days=config["INTERACTION_RETENTION_DAYS"],
-        skip_reason=skip_reason,
+        system.settings.interaction_weights,
+        received_at,
+        system.settings.interaction_retention_days,
+        skip_reason,
     )
+    recorded = system.record_external(readable, received_at)
+    result = summary(recorded.processed, skipped + recorded.errors, recorded.duplicates)
     log.info(
         "amplitude webhook: %d processed, %d skipped, %d duplicates",
         result["processed"],

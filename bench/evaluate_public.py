@@ -37,15 +37,19 @@ os.environ.setdefault("SECRET_KEY", "benchmark-only")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from bench.report import replace_section  # noqa: E402
-from evaluation import (  # noqa: E402
-    LoggedEvent,
-    build_scratch_app,
-    evaluate_engine,
+from personalization.evaluation import (  # noqa: E402
     format_table,
     score_rankings,
     split_log,
 )
-from personalization_system import DEFAULT_INTERACTION_WEIGHTS  # noqa: E402
+from personalization.events import (  # noqa: E402
+    DEFAULT_INTERACTION_WEIGHTS,
+    Interaction,
+    ItemKey,
+    VisitorInteraction,
+)
+from personalization.settings import Settings  # noqa: E402
+from personalization_system import replay_system  # noqa: E402
 
 DATA = Path(
     os.environ.get("SHARED_DATA_DIR")
@@ -63,7 +67,14 @@ TAOBAO_START, TAOBAO_END = 1511539200, 1512316800
 EASE_MAX_ITEMS = 5000
 
 
-def load_movielens() -> tuple[list, list, list[LoggedEvent], float]:
+def logged(visitor: str, item: int, kind: str, when: datetime) -> VisitorInteraction:
+    """One interaction of a public log, as the engine records it."""
+    return VisitorInteraction(
+        visitor, "evaluation", Interaction(kind, ItemKey("procedure", item), None, when)
+    )
+
+
+def load_movielens() -> tuple[list, list, list[VisitorInteraction], float]:
     folder = DATA / "ml-100k"
     genres = [
         line.split("|")
@@ -81,7 +92,7 @@ def load_movielens() -> tuple[list, list, list[LoggedEvent], float]:
     for line in (folder / "u.data").read_text().splitlines():
         user, item, rating, stamp = line.split("\t")
         events.append(
-            LoggedEvent(
+            logged(
                 f"u{user}",
                 int(item),
                 RATING_EVENTS[int(rating)],
@@ -91,7 +102,7 @@ def load_movielens() -> tuple[list, list, list[LoggedEvent], float]:
     return categories, items, events, 0.3
 
 
-def load_taobao() -> tuple[list, list, list[LoggedEvent], float]:
+def load_taobao() -> tuple[list, list, list[VisitorInteraction], float]:
     path = DATA / "taobao-userbehavior-head" / "UserBehavior_head.csv"
     rows = [line.split(",") for line in path.read_text().splitlines() if line]
     last_user = rows[-1][0]  # the file is cut inside its last user: drop them
@@ -105,7 +116,7 @@ def load_taobao() -> tuple[list, list, list[LoggedEvent], float]:
             continue
         item_category[int(item)] = int(category)
         events.append(
-            LoggedEvent(
+            logged(
                 f"t{user}",
                 int(item),
                 TAOBAO_EVENTS[behaviour],
@@ -118,14 +129,14 @@ def load_taobao() -> tuple[list, list, list[LoggedEvent], float]:
     return categories, sorted(item_category.items()), events, 0.0
 
 
-def load_csv(path: Path) -> tuple[list, list, list[LoggedEvent], float]:
+def load_csv(path: Path) -> tuple[list, list, list[VisitorInteraction], float]:
     item_category: dict[int, int] = {}
     events = []
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             item_category[int(row["item_id"])] = int(row["category_id"])
             events.append(
-                LoggedEvent(
+                logged(
                     row["visitor_id"],
                     int(row["item_id"]),
                     row["event_type"],
@@ -145,17 +156,18 @@ def categories_of(item_category: dict[int, int]) -> list[tuple[int, str]]:
 # Reference points, on the same training events and test visitors
 
 
-def interaction_matrix(train: list[LoggedEvent], weights: dict[str, float]):
+def interaction_matrix(train: list[VisitorInteraction], weights: dict[str, float]):
     """Users x items with summed positive weights; index maps both ways."""
-    users = sorted({e.user_id for e in train})
-    items = sorted({e.item_id for e in train})
+    users = sorted({e.visitor_id for e in train})
+    items = sorted({e.interaction.item.id for e in train})
     user_index = {u: i for i, u in enumerate(users)}
     item_index = {it: i for i, it in enumerate(items)}
     values: dict[tuple[int, int], float] = defaultdict(float)
-    for event in train:
-        weight = weights.get(event.interaction_type, 0.0)
+    for entry in train:
+        weight = weights.get(entry.interaction.type, 0.0)
         if weight > 0:
-            values[(user_index[event.user_id], item_index[event.item_id])] += weight
+            cell = (user_index[entry.visitor_id], item_index[entry.interaction.item.id])
+            values[cell] += weight
     rows = [row for row, _ in values]
     cols = [col for _, col in values]
     matrix = csr_matrix(
@@ -226,9 +238,9 @@ def evaluate_dataset(name, loaded, split_method, k):
         flush=True,
     )
     started = time.perf_counter()
-    app = build_scratch_app(categories, items, split)
+    replay = replay_system(categories, items, split, Settings())
     build_seconds = time.perf_counter() - started
-    results = evaluate_engine(app, split, k, len(items))
+    results = replay.evaluate(split, k, len(items))
     for label, make in (("ALS (implicit)", als_ranker), ("EASE", ease_ranker)):
         rank, trained = make(split.train, DEFAULT_INTERACTION_WEIGHTS, k)
         results[label] = score_rankings(rank, split.test, k, len(items))

@@ -37,7 +37,7 @@ from bench.ranking_latency import add_interactions, scratch_database  # noqa: E4
 from bench.report import replace_section  # noqa: E402
 from demo_catalog import seed_demo_catalog  # noqa: E402
 from models import Procedure, db  # noqa: E402
-from personalization_system import Event  # noqa: E402
+from personalization.events import Interaction, ItemKey  # noqa: E402
 
 SECRET = "benchmark-only"
 VISITOR = "a1" * 16
@@ -61,13 +61,13 @@ def prepare(url: str) -> list[int]:
         for pid, cid in db.session.execute(select(Procedure.id, Procedure.category_id)):
             catalog.setdefault(cid, []).append(pid)
         add_interactions(10_000, 1_000_000, catalog)
-        engine = app.extensions["personalization_engine"]
+        engine = app.extensions["personalization"]
         engine.refresh_statistics()
         procedures = sorted(p for ps in catalog.values() for p in ps)
         engine.record_interactions(
             VISITOR,
             "bench",
-            [Event("click", "procedure", pid) for pid in procedures[:6]],
+            [Interaction("click", ItemKey("procedure", pid)) for pid in procedures[:6]],
         )
         db.session.remove()
         db.engine.dispose()

@@ -30,8 +30,9 @@ from app import create_app  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 from demo_catalog import seed_demo_catalog  # noqa: E402
 from models import Procedure, UserInteraction, db, utcnow  # noqa: E402
+from personalization.events import ItemKey  # noqa: E402
 
-HOME = {"categories": 6, "procedures": 6, "doctors": 9}
+HOME = {"category": 6, "procedure": 6, "doctor": 9}
 EVENTS_PER_VISITOR = 20
 KINDS = ["view"] * 6 + ["click"] * 3 + ["form_submit"]
 
@@ -102,11 +103,11 @@ def percentile(samples: list[float], share: float) -> float:
 def time_rankings(engine, visitors: list[str], procedures: list[int]) -> dict:
     """p50/p99 in ms of each ranking over the sampled visitors."""
     cases = {
-        "home page (3 sections)": lambda v, p: engine.get_home_sections(v, HOME),
-        "categories": lambda v, p: engine.get_personalized_categories(v, 6),
-        "procedures": lambda v, p: engine.get_personalized_procedures(v, 6),
-        "doctors": lambda v, p: engine.get_personalized_doctors(v, 9),
-        "similar procedures": lambda v, p: engine.get_similar_procedures(p, 6),
+        "home page (3 sections)": lambda v, p: engine.home_sections(v, HOME),
+        "categories": lambda v, p: engine.recommend("category", v, 6),
+        "procedures": lambda v, p: engine.recommend("procedure", v, 6),
+        "doctors": lambda v, p: engine.recommend("doctor", v, 9),
+        "similar procedures": lambda v, p: engine.similar(ItemKey("procedure", p), 6),
     }
     results = {}
     for name, call in cases.items():
@@ -133,7 +134,7 @@ def run(kind: str, sizes: list[int], rankings: int) -> list[dict]:
                 select(Procedure.id, Procedure.category_id)
             ):
                 catalog.setdefault(cid, []).append(pid)
-            engine = app.extensions["personalization_engine"]
+            engine = app.extensions["personalization"]
             loaded, next_visitor = 0, 0
             for size in sizes:
                 started = time.perf_counter()

@@ -16,13 +16,13 @@ from models import (
     db,
     utcnow,
 )
-from personalization_system import Event
+from personalization.events import Interaction, ItemKey
 
 VISITOR = "a" * 32
 
 
 def engine_of(app):
-    return app.extensions["personalization_engine"]
+    return app.extensions["personalization"]
 
 
 def stored_scores(app, user_id=VISITOR) -> dict[int, float]:
@@ -45,7 +45,10 @@ def record(app, *events, now=None, user_id=VISITOR):
 def test_a_procedure_counts_for_its_category(catalog):
     injectables = catalog_id(catalog, Category, "injectables")
     record(
-        catalog, Event("click", "procedure", catalog_id(catalog, Procedure, "botox"))
+        catalog,
+        Interaction(
+            "click", ItemKey("procedure", catalog_id(catalog, Procedure, "botox"))
+        ),
     )
     assert stored_scores(catalog) == pytest.approx({injectables: 0.3})
 
@@ -54,7 +57,7 @@ def test_weights_follow_the_table(catalog):
     category = catalog_id(catalog, Category, "injectables")
     for kind, weight in [("view", 0.1), ("click", 0.3), ("form_submit", 0.5)]:
         user = kind.ljust(32, "x")
-        record(catalog, Event(kind, "category", category), user_id=user)
+        record(catalog, Interaction(kind, ItemKey("category", category)), user_id=user)
         assert stored_scores(catalog, user) == pytest.approx({category: weight})
 
 
@@ -72,49 +75,59 @@ def test_doctor_and_package_share_the_weight_across_their_categories(catalog):
         ).one()
         package_categories = {p.category_id for p in package.procedures}
         package_id = package.id
-    record(catalog, Event("click", "doctor", doctor_id))
+    record(catalog, Interaction("click", ItemKey("doctor", doctor_id)))
     expected = {cid: 0.3 * n / total for cid, n in per_category.items()}
     assert stored_scores(catalog) == pytest.approx(expected)
     assert sum(stored_scores(catalog).values()) == pytest.approx(0.3)
 
-    record(catalog, Event("click", "package", package_id), user_id="p" * 32)
+    record(
+        catalog, Interaction("click", ItemKey("package", package_id)), user_id="p" * 32
+    )
     assert set(stored_scores(catalog, "p" * 32)) == package_categories
     assert sum(stored_scores(catalog, "p" * 32).values()) == pytest.approx(0.3)
 
 
 def test_a_search_counts_for_the_categories_of_its_top_results(catalog):
     body = catalog_id(catalog, Category, "body-contouring")
-    record(catalog, Event("search", "page", None, {"query": "coolsculpting"}))
+    record(catalog, Interaction("search", None, {"query": "coolsculpting"}))
     assert stored_scores(catalog) == pytest.approx({body: 0.2})
-    record(catalog, Event("search", "page", None, {"query": "zzz"}), user_id="z" * 32)
+    record(catalog, Interaction("search", None, {"query": "zzz"}), user_id="z" * 32)
     assert stored_scores(catalog, "z" * 32) == {}
 
 
 def test_page_views_raise_no_affinity(catalog):
-    record(catalog, Event("view", "page", None, {"path": "/"}))
+    record(catalog, Interaction("view", None, {"path": "/"}))
     assert stored_scores(catalog) == {}
 
 
 def test_score_decays_between_updates_and_caps_at_one(catalog):
     category = catalog_id(catalog, Category, "injectables")
     start = utcnow() - timedelta(days=30)
-    record(catalog, Event("form_submit", "category", category), now=start)
+    record(
+        catalog, Interaction("form_submit", ItemKey("category", category)), now=start
+    )
     later = start + timedelta(days=10)
-    record(catalog, Event("click", "category", category), now=later)
+    record(catalog, Interaction("click", ItemKey("category", category)), now=later)
     expected = 0.5 * 0.95**10 + 0.3
     assert stored_scores(catalog)[category] == pytest.approx(expected, rel=1e-6)
     for _ in range(5):
-        record(catalog, Event("form_submit", "category", category), now=later)
+        record(
+            catalog,
+            Interaction("form_submit", ItemKey("category", category)),
+            now=later,
+        )
     assert stored_scores(catalog)[category] == pytest.approx(1.0)
 
 
 def test_reads_apply_the_same_decay_without_a_write(catalog):
     category = catalog_id(catalog, Category, "injectables")
     start = utcnow() - timedelta(days=20)
-    record(catalog, Event("form_submit", "category", category), now=start)
+    record(
+        catalog, Interaction("form_submit", ItemKey("category", category)), now=start
+    )
     with catalog.app_context():
         now = start + timedelta(days=20)
-        read = engine_of(catalog).get_affinities(VISITOR, now=now)
+        read = engine_of(catalog).affinity.of_visitor(VISITOR, now=now)
     assert read[category] == pytest.approx(0.5 * 0.95**20, rel=1e-6)
     assert stored_scores(catalog)[category] == pytest.approx(0.5)
 
@@ -126,15 +139,17 @@ def test_negative_weights_lower_affinity_but_not_below_zero(database_url, catalo
     app = create_app(app_config(database_url, INTERACTION_WEIGHTS={"hide": -0.15}))
     category = catalog_id(app, Category, "injectables")
     now = utcnow()
-    record(app, Event("click", "category", category), now=now)
-    record(app, Event("hide", "category", category), now=now)
+    record(app, Interaction("click", ItemKey("category", category)), now=now)
+    record(app, Interaction("hide", ItemKey("category", category)), now=now)
     assert stored_scores(app)[category] == pytest.approx(0.15)
     record(
-        app, Event("hide", "category", category), Event("hide", "category", category)
+        app,
+        Interaction("hide", ItemKey("category", category)),
+        Interaction("hide", ItemKey("category", category)),
     )
     assert stored_scores(app)[category] == pytest.approx(0.0)
     # A first event that is negative starts from zero, too.
-    record(app, Event("hide", "category", category), user_id="n" * 32)
+    record(app, Interaction("hide", ItemKey("category", category)), user_id="n" * 32)
     assert stored_scores(app, "n" * 32)[category] == 0.0
 
 
@@ -150,7 +165,9 @@ def test_concurrent_updates_lose_nothing(catalog):
             with catalog.app_context():
                 barrier.wait()
                 engine_of(catalog).record_interactions(
-                    VISITOR, "session", [Event("view", "category", category)]
+                    VISITOR,
+                    "session",
+                    [Interaction("view", ItemKey("category", category))],
                 )
         except Exception as error:  # surfaced below, with the thread's error
             errors.append(error)
@@ -164,7 +181,7 @@ def test_concurrent_updates_lose_nothing(catalog):
     # 8 views of 0.1 within a second: decay over that time is below 1e-6.
     assert stored_scores(catalog)[category] == pytest.approx(0.8, abs=1e-5)
     with catalog.app_context():
-        assert len(engine_of(catalog).get_affinities(VISITOR)) == 1
+        assert len(engine_of(catalog).affinity.of_visitor(VISITOR)) == 1
 
 
 def test_concurrent_http_requests_lose_no_event(catalog):

@@ -16,7 +16,7 @@ from app import create_app
 from demo_catalog import seed_demo_catalog
 from helpers import Browser, app_config, empty_all_tables, stored_interactions
 from models import db
-from personalization_system import CATALOG_MODELS
+from personalization.items import MODELS
 from routes import OPENAPI_SPEC
 
 WEBHOOK_SECRET = "contract-test-webhook-secret"
@@ -115,7 +115,7 @@ def catalog_ids(app) -> dict[str, list[int]]:
     with app.app_context():
         return {
             name: list(db.session.scalars(select(model.id).order_by(model.id)))
-            for name, model in CATALOG_MODELS.items()
+            for name, model in MODELS.items()
         }
 
 

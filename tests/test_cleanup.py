@@ -102,11 +102,11 @@ def test_retention_setting_is_the_default(database_url, history):
 
 def test_deletes_in_batches_each_committed(history):
     with history.app_context():
-        engine = history.extensions["personalization_engine"]
-        old = engine.expired_interactions(utcnow() - timedelta(days=90))
-        assert engine.count(old) == 4
+        system = history.extensions["personalization"]
+        old = system.retention_tasks(90, utcnow())[0]
+        assert old.label == "interactions" and system.count(old) == 4
         batches = []
-        for deleted in engine.delete_in_batches(UserInteraction, old, batch_size=3):
+        for deleted in system.delete_in_batches(old, batch_size=3):
             batches.append(deleted)
             # Each batch is committed before the next: another session sees it.
             with db.engine.connect() as other:

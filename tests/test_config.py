@@ -12,6 +12,7 @@ from config import (
     normalize_database_url,
     settings_from_environment,
 )
+from personalization.settings import Settings
 
 SETTINGS = [
     "DATABASE_URL",
@@ -114,3 +115,46 @@ def test_app_without_secret_key_uses_the_kept_one(clean_env, tmp_path, monkeypat
     assert (
         first.config["SECRET_KEY"] == (tmp_path / "instance" / "secret_key").read_text()
     )
+
+
+# The engine's tunables (personalization/settings.py)
+
+
+def test_every_tunable_is_read_from_the_environment(clean_env, tmp_path):
+    clean_env.setenv("HISTORY_ROWS", "250")
+    clean_env.setenv("SEED_RECENCY_DECAY", "0.5")
+    settings = Settings.from_config(settings_from_environment(str(tmp_path)))
+    assert settings.history_rows == 250 and settings.seed_recency_decay == 0.5
+    assert settings.covisitation_weight == 0.4  # untouched: the default
+    clean_env.setenv("TOP_CATEGORIES", "0")
+    with pytest.raises(ConfigError, match="TOP_CATEGORIES must be between 1 and 100"):
+        settings_from_environment(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"HISTORY_WEIGHT": 5}, "HISTORY_WEIGHT must be between 0.0 and 2.0, not 5"),
+        ({"HISTORY_ROWS": 2.5}, "HISTORY_ROWS must be a whole number"),
+        ({"POPULARITY_WINDOW_DAYS": 0}, "POPULARITY_WINDOW_DAYS must be at least 1"),
+        ({"AFFINITY_DECAY_RATE": "fast"}, "AFFINITY_DECAY_RATE must be a float"),
+        ({"AFFINITY_DECAY_RATE": True}, "AFFINITY_DECAY_RATE must be a float"),
+        ({"INTERACTION_WEIGHTS": {"click": 3}}, r"INTERACTION_WEIGHTS\['click'\]"),
+        ({"INTERACTION_WEIGHTS": ["click"]}, "INTERACTION_WEIGHTS must map"),
+    ],
+)
+def test_a_bad_tunable_stops_start_up_naming_it(override, message):
+    """Values given to create_app (not only the environment) are checked once, at
+    start-up, with the setting named."""
+    from app import create_app
+
+    config = {"TESTING": True, "SECRET_KEY": "k", **override}
+    with pytest.raises(ConfigError, match=message):
+        create_app(config)
+
+
+def test_weight_overrides_merge_onto_the_table():
+    settings = Settings.from_config({"INTERACTION_WEIGHTS": {"click": 0.4, "x": -1}})
+    assert settings.weight("click") == 0.4 and settings.weight("x") == -1.0
+    assert settings.weight("view") == 0.1 and settings.weight("unknown") == 0.0
+    assert Settings.from_config({}) == Settings()

@@ -70,7 +70,7 @@ def test_home_orders_sections_by_recent_popularity(client, catalog):
                 )
             )
         db.session.commit()
-        catalog.extensions["personalization_engine"].refresh_statistics()
+        catalog.extensions["personalization"].refresh_statistics()
         doctor_name = doctor.name
     html = client.get("/").get_data(as_text=True)
     assert card_titles(html, "procedures")[0] == "Rhinoplasty"

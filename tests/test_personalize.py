@@ -16,7 +16,7 @@ from app import create_app
 from fake_personalize import FakePersonalize
 from helpers import Browser, app_config, catalog_id
 from models import Category, PersonalizeOutbox, Procedure, db
-from personalization_system import Event
+from personalization.events import Interaction, ItemKey
 from personalize_client import (
     MAX_IMPRESSION_IDS,
     CircuitBreaker,
@@ -267,7 +267,7 @@ def test_events_queue_in_the_outbox_and_survive_an_outage(database_url, catalog)
     fake.mode = "error"
     try:
         app = personalize_app(database_url, AWS_PERSONALIZE_ENDPOINT_URL=fake.url)
-        engine = app.extensions["personalization_engine"]
+        engine = app.extensions["personalization"]
         procedures = [
             catalog_id(app, Procedure, s)
             for s in ("botox", "dysport", "xeomin", "kybella")
@@ -277,8 +277,12 @@ def test_events_queue_in_the_outbox_and_survive_an_outage(database_url, catalog)
                 engine.record_interactions(
                     visitor * 32,
                     f"session-{visitor}",
-                    [Event("view", "procedure", pid) for pid in procedures] * 3
-                    + [Event("view", "page", None, {"path": "/"})],
+                    [
+                        Interaction("view", ItemKey("procedure", pid))
+                        for pid in procedures
+                    ]
+                    * 3
+                    + [Interaction("view", None, {"path": "/"})],
                 )
         assert queued(app) == 24  # page views carry no item: not queued
 
@@ -311,8 +315,8 @@ def test_put_events_request_matches_the_api_model(database_url, catalog):
     events = client_of(app).events
     injectables = catalog_id(app, Category, "injectables")
     with app.app_context():
-        app.extensions["personalization_engine"].record_interactions(
-            "a" * 32, "s1", [Event("click", "category", injectables)]
+        app.extensions["personalization"].record_interactions(
+            "a" * 32, "s1", [Interaction("click", ItemKey("category", injectables))]
         )
     with Stubber(events) as stub:
         stub.add_response(
@@ -334,7 +338,7 @@ def test_put_events_request_matches_the_api_model(database_url, catalog):
             },
         )
         with app.app_context():
-            result = app.extensions["personalization_engine"].sync_personalize_events(
+            result = app.extensions["personalization"].sync_personalize_events(
                 client_of(app)
             )
         stub.assert_no_pending_responses()
@@ -345,11 +349,13 @@ def test_parallel_syncs_never_send_an_event_twice(database_url, catalog):
     fake = FakePersonalize().start()
     try:
         app = personalize_app(database_url, AWS_PERSONALIZE_ENDPOINT_URL=fake.url)
-        engine = app.extensions["personalization_engine"]
+        engine = app.extensions["personalization"]
         injectables = catalog_id(app, Category, "injectables")
         with app.app_context():
             engine.record_interactions(
-                "a" * 32, "s", [Event("click", "category", injectables)] * 30
+                "a" * 32,
+                "s",
+                [Interaction("click", ItemKey("category", injectables))] * 30,
             )
             first = engine.sync_personalize_events(client_of(app), max_events=12)
             second = engine.sync_personalize_events(client_of(app), max_events=100)
@@ -389,17 +395,17 @@ def test_sync_command_explains_when_streaming_is_off(runner):
 
 
 def test_export_writes_personalize_datasets(catalog, runner, tmp_path):
-    engine = catalog.extensions["personalization_engine"]
+    engine = catalog.extensions["personalization"]
     botox = catalog_id(catalog, Procedure, "botox")
     skin = catalog_id(catalog, Category, "skin-resurfacing")
     with catalog.app_context():
         engine.record_interactions(
             "a" * 32,
             "s",
-            [Event("click", "procedure", botox), Event("view", "page", None)],
+            [Interaction("click", ItemKey("procedure", botox)), Interaction("view")],
         )
         engine.record_interactions(
-            "b" * 32, "s", [Event("form_submit", "category", skin)]
+            "b" * 32, "s", [Interaction("form_submit", ItemKey("category", skin))]
         )
     result = runner.invoke(
         args=["personalization", "export", "--output-dir", str(tmp_path / "out")]

@@ -15,13 +15,13 @@ from models import (
     db,
     doctor_procedures,
 )
-from personalization_system import Event
+from personalization.events import Interaction, ItemKey
 
 API = "/personalization/recommendations/"
 
 
 def engine_of(app):
-    return app.extensions["personalization_engine"]
+    return app.extensions["personalization"]
 
 
 def record(app, user_id, *events):
@@ -30,7 +30,7 @@ def record(app, user_id, *events):
 
 
 def views(*procedure_ids):
-    return [Event("view", "procedure", pid) for pid in procedure_ids]
+    return [Interaction("view", ItemKey("procedure", pid)) for pid in procedure_ids]
 
 
 def procedure_ids(app, category_slug) -> list[int]:
@@ -105,9 +105,9 @@ def test_clicking_a_categorys_procedures_puts_it_first_everywhere(catalog, brows
 
 def test_fallbacks_fill_the_section_without_repeats(catalog):
     skin = catalog_id(catalog, Category, "skin-tightening")
-    record(catalog, "v" * 32, Event("click", "category", skin))
+    record(catalog, "v" * 32, Interaction("click", ItemKey("category", skin)))
     with catalog.app_context():
-        ranking = engine_of(catalog).get_personalized_categories("v" * 32, 6)
+        ranking = engine_of(catalog).recommend("category", "v" * 32, 6)
     ids = [entry.item.id for entry in ranking]
     assert len(ids) == 6 == len(set(ids))
     assert ids[0] == skin
@@ -119,16 +119,16 @@ def test_every_ranking_has_its_full_count_on_an_empty_log(catalog):
     with catalog.app_context():
         engine = engine_of(catalog)
         for limit in (1, 6, 8):
-            assert len(engine.get_personalized_categories(None, limit)) == limit
-        assert len(engine.get_personalized_procedures("x" * 32, 50)) == 50
-        assert len(engine.get_personalized_doctors("x" * 32, 40)) == 40
+            assert len(engine.recommend("category", None, limit)) == limit
+        assert len(engine.recommend("procedure", "x" * 32, 50)) == 50
+        assert len(engine.recommend("doctor", "x" * 32, 40)) == 40
 
 
 def test_catalog_order_before_any_interaction(catalog):
     with catalog.app_context():
         engine = engine_of(catalog)
-        categories = [e.item.slug for e in engine.get_popular_categories(3)]
-        doctors = [e.item for e in engine.get_popular_doctors(9)]
+        categories = [e.item.slug for e in engine.recommend("category", None, 3)]
+        doctors = [e.item for e in engine.recommend("doctor", None, 9)]
     assert categories == ["injectables", "skin-resurfacing", "laser-and-light"]
     ratings = [(d.rating, d.review_count) for d in doctors]
     assert ratings == sorted(ratings, reverse=True)
@@ -145,8 +145,8 @@ def test_covisitation_recommends_what_similar_visitors_viewed(catalog):
     record(catalog, "new".ljust(32, "x"), *views(botox))
     with catalog.app_context():
         engine = engine_of(catalog)
-        similar = engine.get_similar_procedures(botox, 6)
-        ranking = engine.get_personalized_procedures("new".ljust(32, "x"), 6)
+        similar = engine.similar(ItemKey("procedure", botox), 6)
+        ranking = engine.recommend("procedure", "new".ljust(32, "x"), 6)
     assert [e.item.id for e in similar][:2] == [rhinoplasty, laser]
     assert similar.items[0].reason == "also_viewed"
     assert rhinoplasty in [e.item.id for e in ranking]
@@ -168,7 +168,7 @@ def test_covisitation_is_normalized_so_blockbusters_do_not_dominate(catalog):
     for i in range(40):
         record(catalog, f"crowd{i}".ljust(32, "x"), *views(blockbuster))
     with catalog.app_context():
-        scores = engine_of(catalog).covisitation_scores([botox])
+        scores = engine_of(catalog).covisitation.neighbours([botox])
     assert scores[niche] > scores[blockbuster]
 
 
@@ -176,7 +176,7 @@ def test_similar_procedures_fall_back_to_the_same_category(catalog, client):
     botox = catalog_id(catalog, Procedure, "botox")
     injectables = set(procedure_ids(catalog, "injectables"))
     with catalog.app_context():
-        similar = engine_of(catalog).get_similar_procedures(botox, 6)
+        similar = engine_of(catalog).similar(ItemKey("procedure", botox), 6)
     ids = [e.item.id for e in similar]
     assert len(ids) == 6 and botox not in ids
     assert set(ids) <= injectables
@@ -192,7 +192,12 @@ def test_incremental_statistics_match_a_full_refresh(catalog):
         for slug in ("botox", "dysport", "chemical-peel")
     )
     doctor = catalog_id(catalog, Doctor, "dr-sofia-vargas")
-    record(catalog, "a" * 32, *views(botox, dysport), Event("click", "doctor", doctor))
+    record(
+        catalog,
+        "a" * 32,
+        *views(botox, dysport),
+        Interaction("click", ItemKey("doctor", doctor)),
+    )
     record(catalog, "b" * 32, *views(dysport, peel))
     record(catalog, "a" * 32, *views(peel, botox))
 
@@ -235,10 +240,10 @@ def test_rankings_never_scan_the_interaction_log(catalog):
         engine = engine_of(catalog)
         event.listen(db.engine, "before_cursor_execute", capture)
         try:
-            engine.get_home_sections(
-                visitor, {"categories": 6, "procedures": 6, "doctors": 9}
+            engine.home_sections(visitor, {"category": 6, "procedure": 6, "doctor": 9})
+            engine.similar(
+                ItemKey("procedure", catalog_id(catalog, Procedure, "botox")), 6
             )
-            engine.get_similar_procedures(catalog_id(catalog, Procedure, "botox"), 6)
         finally:
             event.remove(db.engine, "before_cursor_execute", capture)
     touching_log = [s for s in statements if "user_interactions" in s]
@@ -252,11 +257,11 @@ def test_popular_rankings_are_cached_briefly(catalog):
     statements = []
     with catalog.app_context():
         engine = engine_of(catalog)
-        engine.get_popular_procedures(6)
+        engine.recommend("procedure", None, 6)
         event.listen(
             db.engine, "before_cursor_execute", lambda *args: statements.append(args[2])
         )
-        engine.get_popular_procedures(6)
+        engine.recommend("procedure", None, 6)
     assert not [s for s in statements if "item_popularity" in s]
 
 
@@ -317,14 +322,12 @@ def test_refresh_command_reports_what_it_rebuilt(catalog, runner):
     assert "2 co-visitation pairs" in result.output
 
 
-def test_history_reads_are_bounded_per_visitor(database_url, catalog, monkeypatch):
-    """A visitor (or bot) with a long history costs no more than RECENT_ROWS rows."""
-    import personalization_system
+def test_history_reads_are_bounded_per_visitor(database_url, catalog):
+    """A visitor (or bot) with a long history costs no more than HISTORY_ROWS rows."""
     from app import create_app
     from helpers import app_config
 
-    monkeypatch.setattr(personalization_system, "RECENT_ROWS", 5)
-    app = create_app(app_config(database_url))
+    app = create_app(app_config(database_url, HISTORY_ROWS=5))
     old, recent = (
         catalog_id(app, Procedure, slug) for slug in ("rhinoplasty", "botox")
     )
@@ -332,9 +335,8 @@ def test_history_reads_are_bounded_per_visitor(database_url, catalog, monkeypatc
         engine = engine_of(app)
         engine.record_interactions("h" * 32, "s", views(old))
         engine.record_interactions("h" * 32, "s", views(*[recent] * 6))
-        history = engine.recent_targets("h" * 32)
-        both = engine.recent_targets_of({"h" * 32, "g" * 32})
-    assert history == [("procedure", recent)]
+        both = engine.profiles.histories({"h" * 32, "g" * 32})
+    assert [entry.item for entry in both["h" * 32]] == [ItemKey("procedure", recent)]
     assert set(both) == {"h" * 32}
 
 
@@ -349,5 +351,5 @@ def test_covisitation_survives_huge_visitor_counts(catalog):
         db.session.execute(update(ItemPopularity).values(visitors=200_000))
         db.session.execute(update(ProcedureCovisitation).values(visitors=150_000))
         db.session.commit()
-        scores = engine_of(catalog).covisitation_scores([botox])
+        scores = engine_of(catalog).covisitation.neighbours([botox])
     assert scores == {dysport: 1.0}

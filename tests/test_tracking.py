@@ -8,7 +8,7 @@ import pytest
 from app import create_app
 from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Doctor, Procedure
-from personalization_system import PersonalizationEngine
+from personalization.identity import Identity
 
 UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0"
 
@@ -26,14 +26,14 @@ def click(target_type, target_id, **extra):
 
 
 def test_fingerprint_is_32_hex_stable_and_keyed():
-    engine = PersonalizationEngine(fingerprint_secret="key-one")
-    first = engine.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
+    identity = Identity("key-one")
+    first = identity.fingerprint(UA, "198.51.100.4", "en-GB")
     assert re.fullmatch(r"[0-9a-f]{32}", first)
-    assert first == engine.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
-    assert first != engine.create_browser_fingerprint(UA, "198.51.100.5", "en-GB")
-    assert first != engine.create_browser_fingerprint(UA, "198.51.100.4", "fr-FR")
-    other_key = PersonalizationEngine(fingerprint_secret="key-two")
-    assert first != other_key.create_browser_fingerprint(UA, "198.51.100.4", "en-GB")
+    assert first == identity.fingerprint(UA, "198.51.100.4", "en-GB")
+    assert first != identity.fingerprint(UA, "198.51.100.5", "en-GB")
+    assert first != identity.fingerprint(UA, "198.51.100.4", "fr-FR")
+    other_key = Identity("key-two")
+    assert first != other_key.fingerprint(UA, "198.51.100.4", "en-GB")
     # Not a plain hash anyone could recompute by enumerating addresses.
     for joined in (f"{UA}198.51.100.4en-GB", f"{UA}\n198.51.100.4\nen-GB"):
         assert first != hashlib.md5(joined.encode()).hexdigest()
@@ -43,9 +43,7 @@ def test_fingerprint_is_32_hex_stable_and_keyed():
 def test_fingerprint_key_derives_from_secret_key_unless_set(database_url):
     def fingerprint(**config):
         app = create_app(app_config(database_url, **config))
-        return app.extensions["personalization_engine"].create_browser_fingerprint(
-            UA, "198.51.100.4", "en"
-        )
+        return app.extensions["personalization"].fingerprint(UA, "198.51.100.4", "en")
 
     assert fingerprint(SECRET_KEY="a") != fingerprint(SECRET_KEY="b")
     assert fingerprint(SECRET_KEY="a", FINGERPRINT_SECRET="f") == fingerprint(

@@ -461,14 +461,14 @@ def test_repeats_within_one_batch_count_once(hook):
 
 
 def test_a_database_outage_gives_503_and_loses_nothing(hook, monkeypatch):
-    engine = hook.app.extensions["personalization_engine"]
+    system = hook.app.extensions["personalization"]
     hook.app.config["PROPAGATE_EXCEPTIONS"] = False
     events = [click(uuid=f"e{i}") for i in range(5)]
 
     def fail(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(engine, "_add_covisitation", fail)
+    monkeypatch.setattr(system.covisitation, "add", fail)
     response = hook(events)
     assert response.status_code == 503
     assert response.headers["Retry-After"]

@@ -15,11 +15,12 @@ from models import (
     Procedure,
     UserCategoryAffinity,
     UserInteraction,
-    db,
     doctor_procedures,
     package_procedures,
 )
-from personalization_system import CATALOG_MODELS, as_utc
+from personalization.events import ITEM_KINDS, ItemKey
+from personalization.settings import Settings
+from personalization.statistics import as_utc
 
 STREAM_ROWS = 5000
 # Personalize separates the values of a multi-valued categorical field with "|".
@@ -70,13 +71,13 @@ SCHEMAS = {
 }
 
 
-def stream(statement) -> Iterator:
+def stream(session, statement) -> Iterator:
     """Yield result rows in chunks (a server-side cursor on PostgreSQL)."""
-    result = db.session.execute(statement.execution_options(yield_per=STREAM_ROWS))
+    result = session.execute(statement.execution_options(yield_per=STREAM_ROWS))
     yield from result
 
 
-def interaction_rows(weights: dict[str, float]) -> Iterator[list]:
+def interaction_rows(session, settings: Settings) -> Iterator[list]:
     """Interactions with a catalog item, as Personalize reads them."""
     log = UserInteraction
     statement = (
@@ -87,25 +88,27 @@ def interaction_rows(weights: dict[str, float]) -> Iterator[list]:
             log.timestamp,
             log.interaction_type,
         )
-        .where(log.target_type.in_(tuple(CATALOG_MODELS)))
+        .where(log.target_type.in_(ITEM_KINDS))
         .order_by(log.id)
     )
-    for user_id, target_type, target_id, stamp, kind in stream(statement):
+    for visitor_id, kind, item_id, stamp, interaction_type in stream(
+        session, statement
+    ):
         yield [
-            user_id,
-            f"{target_type}:{target_id}",
+            visitor_id,
+            str(ItemKey(kind, item_id)),
             int(as_utc(stamp).timestamp()),
-            kind,
-            weights.get(kind, 0.0),
+            interaction_type,
+            settings.weight(interaction_type),
         ]
 
 
-def item_rows() -> Iterator[list]:
+def item_rows(session) -> Iterator[list]:
     """Every catalog item with its type, categories and creation time."""
-    slug_of = dict(db.session.execute(select(Category.id, Category.slug)).all())
+    slug_of = dict(session.execute(select(Category.id, Category.slug)).all())
 
     def categories_by(link) -> dict[int, str]:
-        pairs = db.session.execute(
+        pairs = session.execute(
             select(link, Procedure.category_id)
             .join(Procedure, Procedure.id == link.table.c.procedure_id)
             .distinct()
@@ -123,17 +126,17 @@ def item_rows() -> Iterator[list]:
         ("doctor", Doctor, lambda item: of_doctor.get(item.id)),
         ("package", Package, lambda item: of_package.get(item.id)),
     ]
-    for item_type, model, category_of in sources:
-        for item in db.session.scalars(select(model).order_by(model.id)):
+    for kind, model, category_of in sources:
+        for item in session.scalars(select(model).order_by(model.id)):
             yield [
-                f"{item_type}:{item.id}",
-                item_type,
+                str(ItemKey(kind, item.id)),
+                kind,
                 category_of(item) or "none",
                 int(as_utc(item.created_at).timestamp()),
             ]
 
 
-def user_rows() -> Iterator[list]:
+def user_rows(session) -> Iterator[list]:
     """Each visitor with their strongest category, Personalize's one user field."""
     affinity = UserCategoryAffinity
     rank = (
@@ -148,18 +151,18 @@ def user_rows() -> Iterator[list]:
         .where(ranked.c.rank == 1)
         .order_by(ranked.c.user_id)
     )
-    for user_id, slug in stream(statement):
-        yield [user_id, slug]
+    for visitor_id, slug in stream(session, statement):
+        yield [visitor_id, slug]
 
 
-def export_datasets(output_dir: Path, weights: dict[str, float]) -> dict[str, int]:
+def export_datasets(session, settings: Settings, output_dir: Path) -> dict[str, int]:
     """Write the three datasets and their schemas; return rows written per file."""
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     sources = {
-        "interactions": interaction_rows(weights),
-        "items": item_rows(),
-        "users": user_rows(),
+        "interactions": interaction_rows(session, settings),
+        "items": item_rows(session),
+        "users": user_rows(session),
     }
     for name, rows in sources.items():
         header = [field["name"] for field in SCHEMAS[name]["fields"]]

@@ -1,0 +1,150 @@
+"""The Personalize outbox: interactions queued in the same transaction as the log,
+then delivered with PutEvents, claimed so two workers never send one twice, and
+marked sent only once AWS accepted them, so an outage loses nothing."""
+
+import json
+import secrets
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+
+from models import PersonalizeOutbox
+from personalization.events import VisitorInteraction
+from personalization.settings import Settings
+from personalization.statistics import as_utc
+from personalize_client import (
+    MAX_EVENTS_PER_CALL,
+    MAX_IMPRESSION_IDS,
+    personalize_event,
+)
+
+# An event Personalize refused this many times is left out (a dead letter).
+MAX_ATTEMPTS = 10
+# A claim older than this belongs to a sync that died; others may take the rows.
+CLAIM_TIMEOUT = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Up to 10 events of one visitor session: one PutEvents call."""
+
+    visitor_id: str
+    session_id: str
+    ids: list[int]
+    events: list[dict]
+
+
+class Outbox:
+    """Queues and hands out events for Personalize; never commits (the facade does,
+    after each delivery, so what AWS accepted stays marked)."""
+
+    def __init__(self, session, settings: Settings):
+        self.session = session
+        self.settings = settings
+        self.table = PersonalizeOutbox.__table__
+
+    def queue(self, entries: list[VisitorInteraction], now: datetime) -> None:
+        """Queue interactions with catalog items for streaming to Personalize."""
+        rows = [
+            {
+                "user_id": entry.visitor_id,
+                "session_id": entry.session_id,
+                "event_type": entry.interaction.type,
+                "item_id": str(entry.interaction.item),
+                "event_value": self.settings.weight(entry.interaction.type),
+                "impression": json.dumps(
+                    [str(item) for item in entry.interaction.impression][
+                        :MAX_IMPRESSION_IDS
+                    ]
+                )
+                if entry.interaction.impression
+                else None,
+                "occurred_at": entry.interaction.occurred_at or now,
+            }
+            for entry in entries
+            if entry.interaction.item and entry.interaction.stream
+        ]
+        if rows:
+            self.session.execute(insert(PersonalizeOutbox), rows)
+
+    def claim(self, max_events: int, now: datetime) -> str:
+        """Claim the oldest deliverable events with a fresh token; return it."""
+        outbox = self.table
+        token = secrets.token_hex(16)
+        claimable = (
+            outbox.c.sent_at.is_(None)
+            & (outbox.c.attempts < MAX_ATTEMPTS)
+            & (
+                outbox.c.claimed_at.is_(None)
+                | (outbox.c.claimed_at < now - CLAIM_TIMEOUT)
+            )
+        )
+        oldest = select(outbox.c.id).where(claimable).order_by(outbox.c.id)
+        self.session.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(oldest.limit(max_events)), claimable)
+            .values(claim_token=token, claimed_at=now)
+        )
+        return token
+
+    def deliveries(self, token: str) -> Iterator[Delivery]:
+        """The claimed events, grouped by visitor session, oldest first, in calls of
+        at most 10 (PutEvents' limit)."""
+        outbox = self.table
+        rows = self.session.execute(
+            select(outbox).where(outbox.c.claim_token == token).order_by(outbox.c.id)
+        ).all()
+        sessions: dict[tuple[str, str], list] = defaultdict(list)
+        for row in rows:
+            sessions[(row.user_id, row.session_id)].append(row)
+        for (visitor_id, session_id), session_rows in sessions.items():
+            for start in range(0, len(session_rows), MAX_EVENTS_PER_CALL):
+                chunk = session_rows[start : start + MAX_EVENTS_PER_CALL]
+                yield Delivery(
+                    visitor_id,
+                    session_id,
+                    [row.id for row in chunk],
+                    [
+                        personalize_event(
+                            str(row.id),
+                            row.event_type,
+                            row.item_id,
+                            row.event_value,
+                            as_utc(row.occurred_at),
+                            impression=json.loads(row.impression)
+                            if row.impression
+                            else None,
+                        )
+                        for row in chunk
+                    ],
+                )
+
+    def mark_sent(self, delivery: Delivery, now: datetime) -> None:
+        self.session.execute(
+            update(self.table)
+            .where(self.table.c.id.in_(delivery.ids))
+            .values(sent_at=now)
+        )
+
+    def mark_failed(self, delivery: Delivery) -> None:
+        self.session.execute(
+            update(self.table)
+            .where(self.table.c.id.in_(delivery.ids))
+            .values(attempts=self.table.c.attempts + 1)
+        )
+
+    def release(self, token: str) -> None:
+        """Give back what a run claimed but did not send, for the next run."""
+        self.session.execute(
+            update(self.table)
+            .where(self.table.c.claim_token == token, self.table.c.sent_at.is_(None))
+            .values(claim_token=None, claimed_at=None)
+        )
+
+    def pending(self) -> int:
+        return self.session.scalar(
+            select(func.count()).where(self.table.c.sent_at.is_(None))
+        )

@@ -1,0 +1,96 @@
+"""Keeping only what is needed: the retention cleanup (old interactions, faded
+affinities, delivered outbox events, expired webhook keys) and erasure of a
+visitor. Deletes run in batches; the facade commits each one."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, delete, func, select
+
+from models import (
+    PersonalizeOutbox,
+    UserCategoryAffinity,
+    UserInteraction,
+    WebhookEventKey,
+)
+from personalization.statistics import Affinity
+
+# How long webhook de-duplication keys are kept: Amplitude retries for 4 hours.
+WEBHOOK_KEY_DAYS = 7
+
+
+@dataclass(frozen=True)
+class RetentionTask:
+    """Rows of one table that have outlived their use."""
+
+    label: str
+    model: type
+    # Selects the ids (primary keys) of the rows, oldest first.
+    ids: Select
+
+
+class Retention:
+    def __init__(self, session, affinity: Affinity):
+        self.session = session
+        self.affinity = affinity
+
+    def tasks(self, days: int, now: datetime) -> list[RetentionTask]:
+        """Everything the cleanup removes, for interactions older than `days`."""
+        cutoff = now - timedelta(days=days)
+        return [
+            RetentionTask(
+                "interactions",
+                UserInteraction,
+                select(UserInteraction.id)
+                .where(UserInteraction.timestamp < cutoff)
+                .order_by(UserInteraction.id),
+            ),
+            RetentionTask("affinities", UserCategoryAffinity, self.affinity.faded(now)),
+            RetentionTask(
+                "delivered events",
+                PersonalizeOutbox,
+                select(PersonalizeOutbox.id)
+                .where(PersonalizeOutbox.sent_at < cutoff)
+                .order_by(PersonalizeOutbox.id),
+            ),
+            RetentionTask(
+                "webhook keys",
+                WebhookEventKey,
+                select(WebhookEventKey.key_hash)
+                .where(
+                    WebhookEventKey.received_at < now - timedelta(days=WEBHOOK_KEY_DAYS)
+                )
+                .order_by(WebhookEventKey.key_hash),
+            ),
+        ]
+
+    def count(self, task: RetentionTask) -> int:
+        """How many rows a task would delete."""
+        return self.session.scalar(
+            select(func.count()).select_from(task.ids.subquery())
+        )
+
+    def delete_batch(self, task: RetentionTask, batch_size: int) -> int:
+        """Delete the task's next `batch_size` rows; return how many went."""
+        key = task.ids.selected_columns[0]
+        batch = task.ids.limit(batch_size).subquery()
+        return self.session.execute(
+            delete(task.model).where(key.in_(select(*batch.c)))
+        ).rowcount
+
+    def forget(self, visitor_ids: set[str]) -> dict[str, int]:
+        """Delete every interaction and affinity of these visitor ids; count them.
+
+        Events still waiting for Personalize go too: erasure reaches the outbox.
+        """
+        ids = sorted(visitor_ids)
+        interactions = self.session.execute(
+            delete(UserInteraction).where(UserInteraction.user_id.in_(ids))
+        ).rowcount
+        affinities = self.session.execute(
+            delete(UserCategoryAffinity).where(UserCategoryAffinity.user_id.in_(ids))
+        ).rowcount
+        self.session.execute(
+            delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id.in_(ids))
+        )
+        return {"interactions": interactions, "affinities": affinities}

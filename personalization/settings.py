@@ -1,0 +1,169 @@
+"""Every tunable of the engine: one table of names, defaults and ranges, read once
+from the app's configuration and validated, so a bad value stops start-up with a
+message that names it."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from personalization.events import DEFAULT_INTERACTION_WEIGHTS
+
+# Weights are on the affinity scale: a single event moves a score by at most this.
+WEIGHT_LIMIT = 1.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value the engine cannot use; the message names it."""
+
+
+def tunable(default, minimum=None, maximum=None, help: str = ""):
+    """Declare one tunable: its default, its allowed range and what it means."""
+    return field(
+        default=default,
+        metadata={"minimum": minimum, "maximum": maximum, "help": help},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The engine's tunables. Each is the config key of the same name, upper-cased
+    (`affinity_decay_rate` is AFFINITY_DECAY_RATE), documented in README."""
+
+    affinity_decay_rate: float = tunable(
+        0.95, 0.0, 1.0, "Daily decay factor of a visitor's category affinity"
+    )
+    affinity_floor: float = tunable(
+        0.01, 0.0, 1.0, "Affinities decayed below this are noise: unused, then deleted"
+    )
+    popularity_window_days: int = tunable(
+        30, 1, None, "Days of interactions that count toward popularity and history"
+    )
+    popularity_decay_rate: float = tunable(
+        0.9, 0.0, 1.0, "Daily decay factor of item popularity"
+    )
+    popularity_cache_seconds: float = tunable(
+        60.0, 0.0, None, "How long each process keeps popular lists"
+    )
+    popular_list_size: int = tunable(
+        200, 1, 10_000, "Popular items kept per kind (the longest fill a list gets)"
+    )
+    covisitation_weight: float = tunable(
+        0.4, 0.0, 1.0, "Share of co-visitation in the blended procedure score"
+    )
+    history_weight: float = tunable(
+        0.6, 0.0, 2.0, "Weight of the visitor's own recent items in the blend"
+    )
+    history_size: int = tunable(
+        50, 1, 1000, "Distinct recent items of a visitor that rankings read"
+    )
+    history_rows: int = tunable(
+        500, 1, 100_000, "Interactions read per visitor to find those items"
+    )
+    covisitation_seeds: int = tunable(
+        10, 1, 200, "Recent procedures whose co-visitation neighbours are candidates"
+    )
+    covisitation_neighbours: int = tunable(
+        36, 1, 1000, "Neighbours read per seed procedure"
+    )
+    seed_recency_decay: float = tunable(
+        0.85, 0.0, 1.0, "Each older seed counts this much less than the next"
+    )
+    top_categories: int = tunable(
+        3, 1, 100, "Categories a visitor's procedures are drawn from"
+    )
+    doctor_procedures: int = tunable(
+        12, 1, 200, "Top procedures whose doctors are ranked for a visitor"
+    )
+    rerank_candidates: int = tunable(
+        36, 1, 500, "Candidates handed to AWS Personalize for re-ranking"
+    )
+    search_results_counted: int = tunable(
+        3, 1, 50, "Top search results whose categories a search raises"
+    )
+    interaction_retention_days: int = tunable(
+        90, 1, None, "How long interactions are kept (cleanup, webhook events)"
+    )
+    # Overrides of the weight table, merged onto DEFAULT_INTERACTION_WEIGHTS.
+    interaction_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS)
+    )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Settings":
+        """Read every tunable from a config mapping; raise SettingsError on a bad one.
+
+        Keys that are absent take their defaults.
+        """
+        values: dict[str, Any] = {}
+        for spec in tunables():
+            key = spec.name.upper()
+            if config.get(key) is not None:
+                values[spec.name] = checked(
+                    key,
+                    config[key],
+                    type(spec.default),
+                    spec.metadata["minimum"],
+                    spec.metadata["maximum"],
+                )
+        values["interaction_weights"] = {
+            **DEFAULT_INTERACTION_WEIGHTS,
+            **checked_weights(config.get("INTERACTION_WEIGHTS") or {}),
+        }
+        return cls(**values)
+
+    def weight(self, interaction_type: str) -> float:
+        """What one interaction of this type adds to interest (0 when unknown)."""
+        return self.interaction_weights.get(interaction_type, 0.0)
+
+
+def tunables() -> list:
+    """The numeric tunables, with their defaults and ranges (dataclass fields)."""
+    return [spec for spec in fields(Settings) if "minimum" in spec.metadata]
+
+
+def checked(key: str, value: Any, kind: type, minimum=None, maximum=None):
+    """Coerce a setting's value (a number, or text from the environment) to its
+    kind and check its range; raise SettingsError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SettingsError(f"{key} must be a {kind.__name__}, not {value!r}")
+    try:
+        number = kind(value)
+        exact = kind is not int or number == float(value)
+    except ValueError:
+        raise SettingsError(f"{key} must be a {kind.__name__}, not {value!r}") from None
+    if not exact:
+        raise SettingsError(f"{key} must be a whole number, not {value!r}")
+    too_low = minimum is not None and number < minimum
+    too_high = maximum is not None and number > maximum
+    if too_low or too_high:
+        if maximum is None:
+            raise SettingsError(f"{key} must be at least {minimum}, not {value}")
+        raise SettingsError(
+            f"{key} must be between {minimum} and {maximum}, not {value}"
+        )
+    return number
+
+
+def checked_weights(overrides: Any) -> dict[str, float]:
+    """Check overrides of the weight table: event names to numbers within ±1."""
+    if not isinstance(overrides, Mapping):
+        raise SettingsError(
+            f"INTERACTION_WEIGHTS must map event names to numbers, not {overrides!r}"
+        )
+    weights = {}
+    for name, weight in overrides.items():
+        if (
+            not isinstance(name, str)
+            or isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+        ):
+            raise SettingsError(
+                f"INTERACTION_WEIGHTS must map event names to numbers, not {name!r}"
+            )
+        if not -WEIGHT_LIMIT <= weight <= WEIGHT_LIMIT:
+            raise SettingsError(
+                f"INTERACTION_WEIGHTS[{name!r}] must be between "
+                f"-{WEIGHT_LIMIT} and {WEIGHT_LIMIT}, not {weight}"
+            )
+        weights[name] = float(weight)
+    return weights
