@@ -11,7 +11,9 @@ class FakePersonalize:
     """Answers GetPersonalizedRanking, GetRecommendations and PutEvents.
 
     `mode` picks the behaviour: "ok", "slow" (answers after `delay` seconds),
-    "error" (HTTP 500) or "throttle" (ThrottlingException).
+    "error" (HTTP 500) or "throttle" (ThrottlingException). In "ok" mode a ranking
+    reverses the candidates unless `rank(user_id, items) -> items` is set, and
+    similar items are `similar`, or `similar_to(item_id) -> items` when set.
     """
 
     def __init__(self):
@@ -21,6 +23,8 @@ class FakePersonalize:
         # (path, body, status) of every request answered, in order.
         self.responses: list[tuple[str, dict, int]] = []
         self.similar: list[str] = []
+        self.rank = None
+        self.similar_to = None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +44,10 @@ class FakePersonalize:
                         {"x-amzn-ErrorType": "ThrottlingException"},
                     )
                 if self.path == "/personalize-ranking":
-                    ranked = list(reversed(body["inputList"]))
+                    if fake.rank:
+                        ranked = fake.rank(body["userId"], body["inputList"])
+                    else:
+                        ranked = list(reversed(body["inputList"]))
                     return self.reply(
                         200,
                         {
@@ -51,8 +58,13 @@ class FakePersonalize:
                         },
                     )
                 if self.path == "/recommendations":
+                    similar = (
+                        fake.similar_to(body["itemId"])
+                        if fake.similar_to
+                        else fake.similar
+                    )
                     return self.reply(
-                        200, {"itemList": [{"itemId": i} for i in fake.similar]}
+                        200, {"itemList": [{"itemId": i} for i in similar]}
                     )
                 return self.reply(200, {})
 
