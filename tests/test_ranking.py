@@ -8,7 +8,6 @@ from sqlalchemy import event, select
 from helpers import Browser, catalog_id
 from models import (
     Category,
-    Doctor,
     ItemPopularity,
     Procedure,
     ProcedureCovisitation,
@@ -184,47 +183,6 @@ def test_similar_procedures_fall_back_to_the_same_category(catalog, client):
     html = client.get("/procedures/botox").get_data(as_text=True)
     assert "Similar procedures" in html
     assert len(section(html, "similar")) == 6
-
-
-def test_incremental_statistics_match_a_full_refresh(catalog):
-    botox, dysport, peel = (
-        catalog_id(catalog, Procedure, slug)
-        for slug in ("botox", "dysport", "chemical-peel")
-    )
-    doctor = catalog_id(catalog, Doctor, "dr-sofia-vargas")
-    record(
-        catalog,
-        "a" * 32,
-        *views(botox, dysport),
-        Interaction("click", ItemKey("doctor", doctor)),
-    )
-    record(catalog, "b" * 32, *views(dysport, peel))
-    record(catalog, "a" * 32, *views(peel, botox))
-
-    def snapshot():
-        with catalog.app_context():
-            popularity = {
-                (r.target_type, r.target_id): (round(r.score, 4), r.visitors)
-                for r in db.session.scalars(select(ItemPopularity))
-                if r.target_type != "category"
-            }
-            categories = {
-                r.target_id: round(r.score, 4)
-                for r in db.session.scalars(select(ItemPopularity))
-                if r.target_type == "category"
-            }
-            pairs = {
-                (r.procedure_id, r.other_id): r.visitors
-                for r in db.session.scalars(select(ProcedureCovisitation))
-            }
-        return popularity, categories, pairs
-
-    incremental = snapshot()
-    with catalog.app_context():
-        engine_of(catalog).refresh_statistics()
-    refreshed = snapshot()
-    assert incremental == refreshed
-    assert refreshed[2][(botox, dysport)] == 1 and refreshed[2][(dysport, peel)] == 2
 
 
 def test_rankings_never_scan_the_interaction_log(catalog):
