@@ -13,6 +13,12 @@ from personalization.events import ITEM_KINDS, ItemKey
 from personalization.settings import Settings
 from personalization.statistics import Affinity, sql_weight
 
+# Visitors whose histories one statement reads. Statements are built for 1, 2, 4,
+# ... up to this many visitors (a batch is padded with an id no visitor has), so a
+# handful serve every batch size; and SQLite refuses a UNION of over 500 parts.
+HISTORY_BATCH = 128
+NO_VISITOR = ""
+
 
 @dataclass(frozen=True)
 class HistoryItem:
@@ -75,7 +81,7 @@ class Profiles:
         self.settings = settings
         self.affinity = affinity
         self.clock = clock
-        # Built once per number of visitors: see _history_statement.
+        # Built once per batch size (a power of two): see _history_statement.
         self._statements: dict[int, object] = {}
 
     def load(self, visitor_id: str | None) -> VisitorProfile:
@@ -100,16 +106,20 @@ class Profiles:
         since = (now or self.clock()) - timedelta(
             days=self.settings.popularity_window_days
         )
-        visitors = sorted(set(visitor_ids))
-        if not visitors:
-            return {}
-        parameters = {f"visitor_{i}": visitor for i, visitor in enumerate(visitors)}
-        rows = self.session.execute(
-            self._history_statement(len(visitors)), {**parameters, "since": since}
-        )
+        visitors = sorted(set(visitor_ids) - {NO_VISITOR})
         found: dict[str, list[HistoryItem]] = defaultdict(list)
-        for visitor_id, kind, item_id, net, _ in rows:
-            found[visitor_id].append(HistoryItem(ItemKey(kind, item_id), float(net)))
+        for start in range(0, len(visitors), HISTORY_BATCH):
+            batch = visitors[start : start + HISTORY_BATCH]
+            size = 1 << (len(batch) - 1).bit_length()  # the next power of two
+            batch += [NO_VISITOR] * (size - len(batch))
+            parameters = {f"visitor_{i}": visitor for i, visitor in enumerate(batch)}
+            rows = self.session.execute(
+                self._history_statement(size), {**parameters, "since": since}
+            )
+            for visitor_id, kind, item_id, net, _ in rows:
+                found[visitor_id].append(
+                    HistoryItem(ItemKey(kind, item_id), float(net))
+                )
         return found
 
     def _history_statement(self, visitors: int):

@@ -455,6 +455,17 @@ def test_retried_deliveries_count_as_duplicates(hook, identity):
     assert (stored_interactions(hook.app), affinity(hook.app, "injectables")) == before
 
 
+def test_a_batch_from_many_visitors_is_recorded(hook):
+    """Regression: a batch naming over 500 visitors read their histories in one
+    UNION, which SQLite refuses ("too many terms in compound SELECT"): the
+    webhook answered 503 and Amplitude would retry it forever."""
+    events = [click(user_id=f"amp-{i}", uuid=f"many-{i}") for i in range(600)]
+    response = hook(events)
+    assert response.status_code == 200, response.get_json()
+    assert counts(response) == (600, 0, 0)
+    assert len(stored_interactions(hook.app)) == 600
+
+
 def test_repeats_within_one_batch_count_once(hook):
     event = click(uuid="same")
     assert counts(hook([event, event, click(uuid="other")])) == (2, 0, 1)
