@@ -11,10 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from demo_catalog import catalog_is_empty, seed_demo_catalog
-from models import Category, Procedure, UserInteraction, db, utcnow
+from models import Category, Procedure, UserInteraction, as_utc, db, utcnow
 from personalization.evaluation import SPLITS, format_table, split_log
 from personalization.events import Interaction, ItemKey, VisitorInteraction
-from personalization.statistics import as_utc
 from personalization_system import current_system, replay_system
 
 
@@ -202,7 +201,7 @@ def evaluate_command(method: str, k: int, since: int | None) -> None:
         system.settings,
         current_app.extensions.get("personalize_client"),
     )
-    results = replay.evaluate(split, k, len(procedures))
+    results = replay.evaluate(split.test, k, len(procedures))
     click.echo(
         f"{len(split.train)} training events, {len(split.test)} test visitors, "
         f"split {method}, cutoff {split.cutoff:%Y-%m-%d %H:%M}."

@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 
 from personalization.settings import SettingsError as ConfigError
-from personalization.settings import checked, tunables
+from personalization.settings import checked, checked_weights, tunables
 
 SECRET_KEY_FILE = "secret_key"
 CONSENT_MODES = ("opt-out", "opt-in")
@@ -55,12 +55,7 @@ def env_weights(name: str) -> dict[str, float]:
         weights = json.loads(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a JSON object, not {raw!r}") from None
-    if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in weights.items()
-    ):
-        raise ConfigError(f"{name} must map event names to numbers, not {raw!r}")
-    return {key: float(value) for key, value in weights.items()}
+    return checked_weights(weights)
 
 
 def normalize_database_url(url: str) -> str:

@@ -53,6 +53,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """Treat naive datetimes (SQLite returns them) as the UTC they were written in."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
 @event.listens_for(Engine, "connect")
 def tune_sqlite(dbapi_connection, _connection_record) -> None:
     """Let SQLite serve concurrent requests: WAL, a busy timeout, enforced FKs."""

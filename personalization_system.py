@@ -180,9 +180,10 @@ class PersonalizationSystem:
     ) -> dict[str, int]:
         """Stream queued interactions to Personalize (PutEvents), oldest first.
 
-        Each accepted call is committed as sent at once, so a crash resends
-        nothing AWS took; the first refusal stops the run and the rest stays
-        queued for the next.
+        Each accepted call is marked sent in its own commit, so an outage loses
+        nothing and a later run does not resend it; only a crash between AWS's
+        answer and that commit sends one call twice (at least once, never lost).
+        The first refusal stops the run; the rest stays queued for the next.
         """
         with self.transaction():
             token = self.outbox.claim(max_events, now or utcnow())
@@ -209,6 +210,7 @@ class PersonalizationSystem:
         return self.retention.tasks(days, now)
 
     def count(self, task: RetentionTask) -> int:
+        """How many rows a cleanup task would delete."""
         return self.retention.count(task)
 
     def delete_in_batches(self, task: RetentionTask, batch_size: int) -> Iterator[int]:
@@ -233,15 +235,12 @@ class PersonalizationSystem:
         finally:
             self.session.rollback()  # end the read transaction
 
-    def evaluate(self, split: evaluation.Split, k: int, catalog_size: int) -> dict:
-        """Score every recommender on a split's test visitors (a replay system)."""
+    def evaluate(self, test: dict[str, set[int]], k: int, catalog_size: int) -> dict:
+        """Score every recommender on a split's test visitors (see replay_system):
+        each visitor's hidden procedure ids, by visitor id."""
         try:
             return evaluation.score_recommenders(
-                self.recommenders.by_name(),
-                self.profiles.load,
-                split.test,
-                k,
-                catalog_size,
+                self.recommenders.by_name(), self.profiles.load, test, k, catalog_size
             )
         finally:
             self.session.rollback()

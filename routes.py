@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import search_catalog
 from extensions import limiter
 from models import Category, Doctor, Package, Procedure, db, doctor_procedures
-from personalization.events import MAX_BATCH_EVENTS, Interaction, ItemKey
+from personalization.events import Interaction, ItemKey
 from personalization_system import current_system
 from visitor import (
     browser_fingerprint,
@@ -55,6 +55,8 @@ ITEM_ENDPOINTS = {
     "doctors": "web.doctor",
 }
 TRACKING_BODY_LIMIT = 64 * 1024
+# Events one tracking request may carry.
+MAX_BATCH_EVENTS = 50
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
 
 

@@ -37,6 +37,7 @@ os.environ.setdefault("SECRET_KEY", "benchmark-only")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from bench.report import replace_section  # noqa: E402
+from config import tunables_from_environment  # noqa: E402
 from personalization.evaluation import (  # noqa: E402
     format_table,
     score_rankings,
@@ -238,9 +239,10 @@ def evaluate_dataset(name, loaded, split_method, k):
         flush=True,
     )
     started = time.perf_counter()
-    replay = replay_system(categories, items, split, Settings())
+    settings = Settings.from_config(tunables_from_environment())
+    replay = replay_system(categories, items, split, settings)
     build_seconds = time.perf_counter() - started
-    results = replay.evaluate(split, k, len(items))
+    results = replay.evaluate(split.test, k, len(items))
     for label, make in (("ALS (implicit)", als_ranker), ("EASE", ease_ranker)):
         rank, trained = make(split.train, DEFAULT_INTERACTION_WEIGHTS, k)
         results[label] = score_rankings(rank, split.test, k, len(items))

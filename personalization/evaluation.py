@@ -16,6 +16,7 @@ from datetime import datetime
 
 from personalization.events import VisitorInteraction
 from personalization.profiles import VisitorProfile
+from personalization.ranking import page_list
 from personalization.recommenders import Recommender
 
 SPLITS = ("temporal", "leave-last-out")
@@ -153,12 +154,13 @@ def score_recommenders(
     k: int,
     catalog_size: int,
 ) -> dict[str, dict]:
-    """Score each recommender's procedure lists; one row per recommender. The time
-    per ranking includes reading the visitor's profile, as a page does."""
+    """Score each recommender's procedure lists, as a page would show them (what
+    the visitor disliked goes last); one row per recommender. The time per ranking
+    includes reading the visitor's profile, as a page does."""
 
     def ranker(recommender: Recommender) -> Callable[[str], list[int]]:
         def rank(visitor: str) -> list[int]:
-            found = recommender.recommend(load_profile(visitor), "procedure", k)
+            found = page_list(recommender, load_profile(visitor), "procedure", k)
             return [entry.item.id for entry in found]
 
         return rank

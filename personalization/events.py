@@ -38,7 +38,6 @@ DEFAULT_INTERACTION_WEIGHTS = {
     "flag_content": -0.75,
 }
 MAX_METADATA_BYTES = 2048
-MAX_BATCH_EVENTS = 50
 
 
 class ItemKey(NamedTuple):

@@ -15,12 +15,12 @@ from models import (
     Procedure,
     UserCategoryAffinity,
     UserInteraction,
+    as_utc,
     doctor_procedures,
     package_procedures,
 )
 from personalization.events import ITEM_KINDS, ItemKey
 from personalization.settings import Settings
-from personalization.statistics import as_utc
 
 STREAM_ROWS = 5000
 # Personalize separates the values of a multi-valued categorical field with "|".

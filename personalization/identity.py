@@ -7,7 +7,7 @@ import re
 
 VISITOR_ID_LENGTH = 32
 # What a visitor id looks like (cookies, webhook hints): 32 lowercase hex digits.
-VISITOR_ID = re.compile(r"[0-9a-f]{32}")
+VISITOR_ID = re.compile(rf"[0-9a-f]{{{VISITOR_ID_LENGTH}}}")
 
 
 class Identity:

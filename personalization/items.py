@@ -81,40 +81,6 @@ class Items:
         rows = self.session.scalars(select(model).where(model.id.in_(list(ids))))
         return {item.id: item for item in rows}
 
-    # Which categories an item counts for: the Python rule, then its SQL twin.
-
-    def category_shares(
-        self, keys: Iterable[ItemKey]
-    ) -> dict[ItemKey, dict[int, float]]:
-        """For each item, its categories as fractions summing to 1.
-
-        A procedure counts for its category; a doctor or a package for the
-        categories of their procedures, in proportion, so one click weighs the same
-        whatever its target. The SQL twin is `category_shares_sql`.
-        """
-        by_kind: dict[str, set[int]] = defaultdict(set)
-        for key in keys:
-            by_kind[key.kind].add(key.id)
-        found: dict[ItemKey, list[int]] = defaultdict(list)
-        for category_id in by_kind.get("category", ()):
-            found[ItemKey("category", category_id)].append(category_id)
-        queries = {
-            "procedure": select(Procedure.id, Procedure.category_id).where(
-                Procedure.id.in_(by_kind.get("procedure", ()))
-            ),
-        }
-        for kind, link in PROCEDURE_LINKS.items():
-            queries[kind] = (
-                select(link, Procedure.category_id)
-                .join(Procedure, Procedure.id == link.table.c.procedure_id)
-                .where(link.in_(by_kind.get(kind, ())))
-            )
-        for kind, query in queries.items():
-            if by_kind.get(kind):
-                for item_id, category_id in self.session.execute(query):
-                    found[ItemKey(kind, item_id)].append(category_id)
-        return {key: split_evenly(1.0, categories) for key, categories in found.items()}
-
     # Candidates the rankings draw from
 
     def procedure_candidates(
@@ -201,6 +167,40 @@ class Items:
                         resolved[ref] = ItemKey(kind, found[(kind, ref)])
                         break
         return resolved
+
+    # Which categories an item counts for: the Python rule, then its SQL twin.
+
+    def category_shares(
+        self, keys: Iterable[ItemKey]
+    ) -> dict[ItemKey, dict[int, float]]:
+        """For each item, its categories as fractions summing to 1.
+
+        A procedure counts for its category; a doctor or a package for the
+        categories of their procedures, in proportion, so one click weighs the same
+        whatever its target. The SQL twin is `category_shares_sql`.
+        """
+        by_kind: dict[str, set[int]] = defaultdict(set)
+        for key in keys:
+            by_kind[key.kind].add(key.id)
+        found: dict[ItemKey, list[int]] = defaultdict(list)
+        for category_id in by_kind.get("category", ()):
+            found[ItemKey("category", category_id)].append(category_id)
+        queries = {
+            "procedure": select(Procedure.id, Procedure.category_id).where(
+                Procedure.id.in_(by_kind.get("procedure", ()))
+            ),
+        }
+        for kind, link in PROCEDURE_LINKS.items():
+            queries[kind] = (
+                select(link, Procedure.category_id)
+                .join(Procedure, Procedure.id == link.table.c.procedure_id)
+                .where(link.in_(by_kind.get(kind, ())))
+            )
+        for kind, query in queries.items():
+            if by_kind.get(kind):
+                for item_id, category_id in self.session.execute(query):
+                    found[ItemKey(kind, item_id)].append(category_id)
+        return {key: split_evenly(1.0, categories) for key, categories in found.items()}
 
 
 def category_shares_sql():

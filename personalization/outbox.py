@@ -11,10 +11,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
 
-from models import PersonalizeOutbox
+from models import PersonalizeOutbox, as_utc
 from personalization.events import VisitorInteraction
 from personalization.settings import Settings
-from personalization.statistics import as_utc
 from personalize_client import (
     MAX_EVENTS_PER_CALL,
     MAX_IMPRESSION_IDS,

@@ -8,7 +8,13 @@ from typing import Any
 from personalization.events import ItemKey
 from personalization.items import Items
 from personalization.profiles import VisitorProfile
-from personalization.recommenders import ENGINE, PERSONALIZE, Recommender, Scored
+from personalization.recommenders import (
+    ENGINE,
+    FALLBACK,
+    PERSONALIZE,
+    Recommender,
+    Scored,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,19 @@ class Ranking:
         return len(self.items)
 
 
+def page_list(
+    recommender: Recommender, visitor: VisitorProfile, kind: str, k: int
+) -> list[Scored]:
+    """What a page shows: the recommender's top k without the items the visitor
+    disliked, which go last, and only when nothing else is left. The offline
+    evaluation scores this same list."""
+    disliked = sorted(visitor.disliked_of(kind))
+    scored = recommender.recommend(visitor, kind, k, exclude=disliked)
+    return scored + [
+        Scored(item, 0.0, "disliked", FALLBACK) for item in disliked[: k - len(scored)]
+    ]
+
+
 def source_of(scored: list[Scored]) -> str:
     """Name what filled a list: Personalize, all personal, some, or none."""
     if any(entry.source == PERSONALIZE for entry in scored):
@@ -58,17 +77,8 @@ class Sections:
         self.recommender = recommender
 
     def section(self, visitor: VisitorProfile, kind: str, k: int) -> Ranking:
-        """The visitor's top k items of a kind, always k when the catalog has them.
-
-        Items the visitor disliked go last, and only when nothing else is left.
-        """
-        disliked = sorted(visitor.disliked_of(kind))
-        scored = self.recommender.recommend(visitor, kind, k, exclude=disliked)
-        scored += [
-            Scored(item, 0.0, "disliked", "fallback")
-            for item in disliked[: k - len(scored)]
-        ]
-        return self.load(kind, scored)
+        """The visitor's top k items of a kind, always k when the catalog has them."""
+        return self.load(kind, page_list(self.recommender, visitor, kind, k))
 
     def similar(self, item: ItemKey, k: int) -> Ranking:
         """Items like this one (procedure pages: "similar procedures")."""

@@ -60,7 +60,10 @@ class PersonalizeAdapter(Protocol):
     """What PersonalizeRecommender needs of personalize_client.PersonalizeClient:
     None means "no answer, keep the local order"."""
 
+    # A ranking campaign is configured (re-ranking happens).
     enabled: bool
+    # A SIMS campaign is configured (similar items come from AWS).
+    sims_campaign_arn: str
 
     def rerank(
         self, visitor_id: str, item_ids: list[str]
@@ -235,23 +238,19 @@ class BlendRecommender:
             )
             if score >= settings.affinity_floor
         ][: settings.top_categories]
-        covisited = {}
-        if w > 0:
-            seeds = [
-                item.id
-                for item in visitor.recent
-                if item.kind == "procedure" and item not in visitor.disliked
-            ]
-            covisited = self.covisitation.neighbours(
-                seeds[: settings.covisitation_seeds]
-            )
-        own = {}
-        if h > 0:
-            own = {
-                item.id: weight
-                for item, weight in visitor.interest.items()
-                if item.kind == "procedure"
-            }
+        # Neighbours and own items are candidates whatever their weights: the
+        # affinity term can still score them.
+        seeds = [
+            item.id
+            for item in visitor.recent
+            if item.kind == "procedure" and item not in visitor.disliked
+        ]
+        covisited = self.covisitation.neighbours(seeds[: settings.covisitation_seeds])
+        own = {
+            item.id: weight
+            for item, weight in visitor.interest.items()
+            if item.kind == "procedure"
+        }
         if not top_categories and not covisited and not own:
             return []
         popularity = dict(self.popularity.scores("procedure"))
@@ -297,20 +296,18 @@ class BlendRecommender:
 
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """Procedures its visitors also viewed, then popular ones of its category,
-        then popular ones. Only procedures have neighbours; other kinds get []."""
+        then popular ones. Other kinds have no neighbours: popular ones of the kind."""
         if item.kind != "procedure":
-            return []
+            return self.fallback.similar(item, k)
         same_category = self.items.same_category(item.id)
         if not same_category:
             return []  # not in the catalog
-        covisited = []
-        if self.weights.covisitation > 0:
-            neighbours = self.covisitation.neighbours([item.id])
-            neighbours.pop(item.id, None)
-            covisited = best_first(
-                {ItemKey("procedure", pid): s for pid, s in neighbours.items()},
-                "also_viewed",
-            )[:k]
+        neighbours = self.covisitation.neighbours([item.id])
+        neighbours.pop(item.id, None)
+        covisited = best_first(
+            {ItemKey("procedure", pid): s for pid, s in neighbours.items()},
+            "also_viewed",
+        )[:k]
         shown = {item} | {s.item for s in covisited}
         popular = self.fallback.recommend(
             anonymous(), "procedure", self.settings.popular_list_size, shown
@@ -351,6 +348,8 @@ class PersonalizeRecommender:
         k: int,
         exclude: Collection[ItemKey] = (),
     ) -> list[Scored]:
+        if not self.adapter.enabled:  # no ranking campaign: the local order
+            return self.local.recommend(visitor, kind, k, exclude)
         pool = self.local.recommend(visitor, kind, max(k, self.candidates), exclude)
         if not visitor.visitor_id or not any(s.source == ENGINE for s in pool):
             return pool[:k]  # nothing personal to re-rank: a cold visitor
@@ -360,16 +359,19 @@ class PersonalizeRecommender:
         return non_increasing(reordered(pool, ranked))[:k]
 
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
-        if not self.items.existing([item]):
-            return []
-        found = self.adapter.similar_items(str(item), k + 1) or []
-        similar = []
-        for ref, score in found:
-            key = ItemKey.parse(ref)
-            if key and key.kind == item.kind and key != item:
-                similar.append(Scored(key, score, "personalize", PERSONALIZE))
-        if len(similar) >= k:
-            return non_increasing(unique(similar)[:k])
+        """Items like this one from the SIMS campaign, when it names at least k of
+        the catalog's; else the local engine's."""
+        answer = self.adapter.similar_items(str(item), k + 1)
+        if answer and self.items.existing([item]):
+            similar = unique(
+                [
+                    Scored(key, score, "personalize", PERSONALIZE)
+                    for key, score in ((ItemKey.parse(ref), s) for ref, s in answer)
+                    if key and key.kind == item.kind and key != item
+                ]
+            )
+            if len(similar) >= k:
+                return non_increasing(similar[:k])
         return self.local.similar(item, k)
 
 
@@ -403,7 +405,7 @@ class Recommenders:
     def by_name(self) -> dict[str, Recommender]:
         found = [self.popular, self.category_affinity, self.covisitation, self.blend]
         if self.personalize and self.personalize.adapter.enabled:
-            found.append(self.personalize)
+            found.append(self.personalize)  # a ranking campaign to measure
         return {recommender.name: recommender for recommender in found}
 
 
@@ -438,6 +440,6 @@ def build_recommenders(
         personalize=PersonalizeRecommender(
             personalize, served, items, settings.rerank_candidates
         )
-        if personalize
+        if personalize and (personalize.enabled or personalize.sims_campaign_arn)
         else None,
     )

@@ -16,12 +16,9 @@ class SettingsError(ValueError):
     """A setting has a value the engine cannot use; the message names it."""
 
 
-def tunable(default, minimum=None, maximum=None, help: str = ""):
-    """Declare one tunable: its default, its allowed range and what it means."""
-    return field(
-        default=default,
-        metadata={"minimum": minimum, "maximum": maximum, "help": help},
-    )
+def tunable(default, minimum=None, maximum=None):
+    """Declare one tunable: its default and its allowed range (None: unbounded)."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
@@ -29,61 +26,43 @@ class Settings:
     """The engine's tunables. Each is the config key of the same name, upper-cased
     (`affinity_decay_rate` is AFFINITY_DECAY_RATE), documented in README."""
 
-    affinity_decay_rate: float = tunable(
-        0.95, 0.0, 1.0, "Daily decay factor of a visitor's category affinity"
-    )
-    affinity_floor: float = tunable(
-        0.01, 0.0, 1.0, "Affinities decayed below this are noise: unused, then deleted"
-    )
-    popularity_window_days: int = tunable(
-        30, 1, None, "Days of interactions that count toward popularity and history"
-    )
-    popularity_decay_rate: float = tunable(
-        0.9, 0.0, 1.0, "Daily decay factor of item popularity"
-    )
-    popularity_cache_seconds: float = tunable(
-        60.0, 0.0, None, "How long each process keeps popular lists"
-    )
-    popular_list_size: int = tunable(
-        200, 1, 10_000, "Popular items kept per kind (the longest fill a list gets)"
-    )
-    covisitation_weight: float = tunable(
-        0.4, 0.0, 1.0, "Share of co-visitation in the blended procedure score"
-    )
-    history_weight: float = tunable(
-        0.6, 0.0, 2.0, "Weight of the visitor's own recent items in the blend"
-    )
-    history_size: int = tunable(
-        50, 1, 1000, "Distinct recent items of a visitor that rankings read"
-    )
-    history_rows: int = tunable(
-        500, 1, 100_000, "Interactions read per visitor to find those items"
-    )
-    covisitation_seeds: int = tunable(
-        10, 1, 200, "Recent procedures whose co-visitation neighbours are candidates"
-    )
-    covisitation_neighbours: int = tunable(
-        36, 1, 1000, "Neighbours read per seed procedure"
-    )
-    seed_recency_decay: float = tunable(
-        0.85, 0.0, 1.0, "Each older seed counts this much less than the next"
-    )
-    top_categories: int = tunable(
-        3, 1, 100, "Categories a visitor's procedures are drawn from"
-    )
-    doctor_procedures: int = tunable(
-        12, 1, 200, "Top procedures whose doctors are ranked for a visitor"
-    )
-    rerank_candidates: int = tunable(
-        36, 1, 500, "Candidates handed to AWS Personalize for re-ranking"
-    )
-    search_results_counted: int = tunable(
-        3, 1, 50, "Top search results whose categories a search raises"
-    )
-    interaction_retention_days: int = tunable(
-        90, 1, None, "How long interactions are kept (cleanup, webhook events)"
-    )
-    # Overrides of the weight table, merged onto DEFAULT_INTERACTION_WEIGHTS.
+    # Daily decay factor of a visitor's category affinity.
+    affinity_decay_rate: float = tunable(0.95, 0.0, 1.0)
+    # Affinities decayed below this are noise: unused, then deleted.
+    affinity_floor: float = tunable(0.01, 0.0, 1.0)
+    # Days of interactions that count toward popularity and history.
+    popularity_window_days: int = tunable(30, 1, None)
+    # Daily decay factor of item popularity.
+    popularity_decay_rate: float = tunable(0.9, 0.0, 1.0)
+    # How long each process keeps popular lists.
+    popularity_cache_seconds: float = tunable(60.0, 0.0, None)
+    # Popular items kept per kind (the longest fill a list gets).
+    popular_list_size: int = tunable(200, 1, 10_000)
+    # Share of co-visitation in the blended procedure score.
+    covisitation_weight: float = tunable(0.4, 0.0, 1.0)
+    # Weight of the visitor's own recent items in the blend.
+    history_weight: float = tunable(0.6, 0.0, 2.0)
+    # Distinct recent items of a visitor that rankings read.
+    history_size: int = tunable(50, 1, 1000)
+    # Interactions read per visitor to find those items.
+    history_rows: int = tunable(500, 1, 100_000)
+    # Recent procedures whose co-visitation neighbours are candidates.
+    covisitation_seeds: int = tunable(10, 1, 200)
+    # Neighbours read per seed procedure.
+    covisitation_neighbours: int = tunable(36, 1, 1000)
+    # Each older seed counts this much less than the next.
+    seed_recency_decay: float = tunable(0.85, 0.0, 1.0)
+    # Categories a visitor's procedures are drawn from.
+    top_categories: int = tunable(3, 1, 100)
+    # Top procedures whose doctors are ranked for a visitor.
+    doctor_procedures: int = tunable(12, 1, 200)
+    # Candidates handed to AWS Personalize for re-ranking.
+    rerank_candidates: int = tunable(36, 1, 500)
+    # Top search results whose categories a search raises.
+    search_results_counted: int = tunable(3, 1, 50)
+    # How long interactions are kept (cleanup, webhook events).
+    interaction_retention_days: int = tunable(90, 1, None)
+    # The weight table: DEFAULT_INTERACTION_WEIGHTS with INTERACTION_WEIGHTS on top.
     interaction_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS)
     )

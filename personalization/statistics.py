@@ -10,7 +10,7 @@ events (tests/test_statistics.py).
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Float,
@@ -30,6 +30,7 @@ from models import (
     ProcedureCovisitation,
     UserCategoryAffinity,
     UserInteraction,
+    as_utc,
     greatest,
     least,
     sql_days_since,
@@ -42,11 +43,6 @@ from personalization.settings import Settings
 
 # Kinds whose popularity is counted per item; categories gain shares instead.
 COUNTED_KINDS = ("procedure", "doctor", "package")
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Treat naive datetimes (SQLite returns them) as the UTC they were written in."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 # Rules shared by every statistic, each in Python and in SQL.
@@ -87,10 +83,6 @@ def sql_aged_weight(weights, type_column, time_column, rate: float, now: datetim
     return sql_weight(weights, type_column) * func.power(
         rate, sql_days_since(time_column, now)
     )
-
-
-def is_search(entry: VisitorInteraction) -> bool:
-    return entry.interaction.type == "search"
 
 
 class Affinity:
@@ -175,14 +167,13 @@ class Affinity:
                 .values(affinity_score=greatest(0.0, least(1.0, score)))
             )
 
-    def rebuild(self, now: datetime | None = None) -> None:
+    def rebuild(self, now: datetime) -> None:
         """SQL twin of add: every visitor's affinities recomputed from the log.
 
         Sum of weight x share x decay^age per (visitor, category), clamped to
         [0, 1]. Searches, whose categories come from a live search, are left out.
         For the offline evaluation, which starts from a bare log.
         """
-        now = now or self.clock()
         log = UserInteraction.__table__
         shares = category_shares_sql()
         aged = shares.c.share * sql_aged_weight(
@@ -303,7 +294,7 @@ class Popularity:
         newcomers: dict[ItemKey, set[str]] = defaultdict(set)
         for entry, entry_shares in zip(entries, shares, strict=True):
             interaction = entry.interaction
-            if is_search(entry):
+            if interaction.type == "search":
                 continue
             weight = aged_weight(
                 self.settings.interaction_weights,
