@@ -158,3 +158,16 @@ def test_weight_overrides_merge_onto_the_table():
     assert settings.weight("click") == 0.4 and settings.weight("x") == -1.0
     assert settings.weight("view") == 0.1 and settings.weight("unknown") == 0.0
     assert Settings.from_config({}) == Settings()
+
+
+def test_every_tunable_is_documented():
+    """README's configuration table and .env.example name every tunable."""
+    from helpers import PROJECT
+    from personalization.settings import tunables
+
+    readme = (PROJECT / "README.md").read_text()
+    example = (PROJECT / ".env.example").read_text()
+    for spec in tunables():
+        key = spec.name.upper()
+        assert f"`{key}`" in readme, key
+        assert f"# {key}=" in example, key
