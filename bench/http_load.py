@@ -77,11 +77,11 @@ def prepare(url: str) -> list[int]:
 class Server:
     """gunicorn on a free port with the given environment; stopped on exit."""
 
-    def __init__(self, command: list[str], env: dict):
+    def __init__(self, command: list[str], env: dict, cwd: Path = ROOT):
         self.port = free_port()
         self.process = subprocess.Popen(
             [*command, "--bind", f"127.0.0.1:{self.port}"],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
