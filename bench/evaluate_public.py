@@ -262,12 +262,16 @@ def evaluate_dataset(name, loaded, split_method, k):
 def markdown(reports: dict, split_method: str, k: int) -> str:
     lines = [
         "Command: `.venv/bin/python bench/evaluate_public.py --write BENCHMARKS.md` "
-        f"(split {split_method}, k = {k}). The engine's strategies are trained in a "
-        "scratch SQLite database through the project's own models (popularity, "
-        "co-visitation and affinities rebuilt as of the cutoff); ALS and EASE get "
-        "the same training events (positive weights as confidence) and are scored "
-        "on the same test visitors. Already-seen items are not filtered out by any "
-        "method, as the site does not filter them.",
+        f"(split {split_method}, k = {k}). Each engine row is one of the site's own "
+        "recommender objects (personalization/recommenders.py), replayed by "
+        "`personalization_system.replay_system` over an in-memory database holding "
+        "the training log (popularity, co-visitation and affinities rebuilt as of "
+        "the cutoff) and ranking through the page's own list (disliked items last); "
+        "'category affinity' and 'co-visitation' are the served blend with only that "
+        "part weighted. ALS and EASE get the same training events (positive weights "
+        "as confidence) and are scored on the same test visitors. Already-seen items "
+        "are not filtered out by any method, as the site does not filter them; "
+        "ms/ranking includes reading the visitor's profile.",
         "",
     ]
     for name, report in reports.items():

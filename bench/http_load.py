@@ -187,6 +187,30 @@ def csrf_session(base: str, cookie: str) -> tuple[str, str]:
     return token, session
 
 
+def click_batch(procedures: list[int]) -> dict:
+    """A tracker batch: clicks on ten procedures."""
+    return {
+        "events": [
+            {"interaction_type": "click", "target_type": "procedure", "target_id": p}
+            for p in procedures[:10]
+        ]
+    }
+
+
+def tracking_script(base: str, cookie: str, procedures: list[int]) -> str:
+    """A wrk script posting click batches as one visitor, with their CSRF token."""
+    token, session = csrf_session(base, cookie)
+    return post_script(
+        "/personalization/track-interaction",
+        json.dumps(click_batch(procedures)),
+        {
+            "Content-Type": "application/json",
+            "X-CSRFToken": token,
+            "Cookie": f"{session}; {cookie}",
+        },
+    )
+
+
 def run(kind: str, seconds: int) -> dict:
     url, cleanup = scratch_database(kind)
     results = {"database": kind}
@@ -211,26 +235,7 @@ def run(kind: str, seconds: int) -> dict:
 
         server = Server(gunicorn(), env)
         try:
-            token, session = csrf_session(server.base, cookie)
-            batch = {
-                "events": [
-                    {
-                        "interaction_type": "click",
-                        "target_type": "procedure",
-                        "target_id": p,
-                    }
-                    for p in procedures[:10]
-                ]
-            }
-            script = post_script(
-                "/personalization/track-interaction",
-                json.dumps(batch),
-                {
-                    "Content-Type": "application/json",
-                    "X-CSRFToken": token,
-                    "Cookie": f"{session}; {cookie}",
-                },
-            )
+            script = tracking_script(server.base, cookie, procedures)
             results["tracking"] = wrk(
                 server.base + "/personalization/track-interaction", seconds, script
             )
@@ -250,7 +255,9 @@ def run(kind: str, seconds: int) -> dict:
         bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
         try:
             script = post_script(
-                "/ingest", json.dumps(batch), {"Content-Type": "application/json"}
+                "/ingest",
+                json.dumps(click_batch(procedures)),
+                {"Content-Type": "application/json"},
             )
             results["bare"] = wrk(bare.base + "/ingest", seconds, script)
         finally:

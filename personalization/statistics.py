@@ -85,6 +85,15 @@ def sql_aged_weight(weights, type_column, time_column, rate: float, now: datetim
     )
 
 
+def with_category_shares(log, shares):
+    """The interaction log joined to the categories each row's item counts for."""
+    return log.join(
+        shares,
+        (shares.c.target_type == log.c.target_type)
+        & (shares.c.target_id == log.c.target_id),
+    )
+
+
 class Affinity:
     """Each visitor's interest per category: new = clamp(old x decay^days + gain)."""
 
@@ -190,12 +199,7 @@ class Affinity:
                 greatest(0.0, least(1.0, func.sum(aged))),
                 sql_time(now),
             )
-            .select_from(log)
-            .join(
-                shares,
-                (shares.c.target_type == log.c.target_type)
-                & (shares.c.target_id == log.c.target_id),
-            )
+            .select_from(with_category_shares(log, shares))
             .where(log.c.interaction_type != "search", log.c.timestamp <= now)
             .group_by(log.c.user_id, shares.c.category_id)
         )
@@ -371,12 +375,7 @@ class Popularity:
                 literal(0),
                 sql_time(now),
             )
-            .select_from(log)
-            .join(
-                shares,
-                (shares.c.target_type == log.c.target_type)
-                & (shares.c.target_id == log.c.target_id),
-            )
+            .select_from(with_category_shares(log, shares))
             .where(in_window)
             .group_by(shares.c.category_id)
         )
