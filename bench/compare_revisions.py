@@ -1,16 +1,21 @@
-"""Throughput of this checkout against another git revision, in the same run: the
-personalized home page, a procedure page and tracking batches, each served by
-gunicorn (2 sync workers) from both trees in turn, on one database, with wrk
-(16 connections, 127.0.0.1 only). The database grows as it is measured (page
-views, tracked clicks), so rounds alternate which tree goes first (ABBA) and the
-clicks come from another visitor than the pages'; the report is the median ratio
-(this checkout / the baseline) of the rounds.
+"""This checkout against another git revision, in the same run:
 
+- throughput of the personalized home page, a procedure page and tracking
+  batches, each served by gunicorn (2 sync workers) from both trees in turn, on
+  one database, with wrk (16 connections, 127.0.0.1 only);
+- CPU time per page request in process (bench/request_cpu.py);
+- with --instructions, instructions per page request counted by valgrind: the
+  one figure this noisy machine does not move.
+
+The database grows as it is measured (page views, tracked clicks), so rounds
+alternate which tree goes first (ABBA) and the clicks come from another visitor
+than the pages'; the report is the median ratio (this checkout / the baseline).
 For changes that keep the schema (refactors, speed work): both trees serve the
 same migrated, seeded database.
 
-    .venv/bin/python bench/compare_revisions.py --baseline REV [--rounds 3]
-        [--seconds 10] [--databases sqlite,postgresql] [--write BENCHMARKS.md]
+    .venv/bin/python bench/compare_revisions.py --baseline REV [--rounds 4]
+        [--seconds 10] [--databases sqlite,postgresql] [--instructions]
+        [--write BENCHMARKS.md]
 """
 
 import argparse
@@ -79,10 +84,95 @@ def measure(tree: Path, env: dict, seconds: int, procedures: list[int]) -> dict:
     finally:
         server.stop()
     return {
-        "home page": home["rps"],
-        "procedure page": page["rps"],
-        "tracking (batches of 10)": tracking["rps"],
+        "home page req/s": home["rps"],
+        "procedure page req/s": page["rps"],
+        "tracking req/s (batches of 10)": tracking["rps"],
     }
+
+
+def request_cpu(tree: Path, url: str) -> dict:
+    """CPU ms per request of the two pages, in process, for one tree."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "request_cpu.py"),
+            str(tree),
+            url,
+            cookie_of(VISITOR).split("=", 1)[1],
+            "/",
+            "/procedures/botox",
+        ],
+        cwd=tree,
+        env={**os.environ, "SECRET_KEY": SECRET},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu = json.loads(output.strip().splitlines()[-1])
+    return {
+        "home page CPU ms": cpu["/"],
+        "procedure page CPU ms": cpu["/procedures/botox"],
+    }
+
+
+def instructions(tree: Path, url: str, path: str, requests: int) -> int:
+    """Instructions one process executes (valgrind's callgrind) to start the app
+    and serve `requests` requests of `path`, in process."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                str(ROOT / "bench" / "request_cpu.py"),
+                str(tree),
+                url,
+                cookie_of(VISITOR).split("=", 1)[1],
+                path,
+            ],
+            cwd=tree,
+            env={**os.environ, "SECRET_KEY": SECRET, "REQUESTS": str(requests)},
+            capture_output=True,
+            check=True,
+        )
+        summary = next(
+            line for line in out.read_text().splitlines() if line.startswith("summary:")
+        )
+    return int(summary.split()[1])
+
+
+def instructions_per_request(tree: Path, url: str, path: str) -> float:
+    """Instructions per request: two runs that differ only in how many requests
+    they serve, so start-up cancels out. Deterministic, whatever else runs."""
+    few, many = 10, 60
+    return (
+        instructions(tree, url, path, many) - instructions(tree, url, path, few)
+    ) / (many - few)
+
+
+def compare_instructions(baseline: Path) -> dict:
+    """Instructions per page request of both trees, on SQLite."""
+    url, cleanup = scratch_database("sqlite")
+    try:
+        prepare(url)
+        report = {"database": "sqlite", "cases": {}}
+        for label, path in (
+            ("home page", "/"),
+            ("procedure page", "/procedures/botox"),
+        ):
+            old = instructions_per_request(baseline, url, path)
+            new = instructions_per_request(ROOT, url, path)
+            report["cases"][f"{label} instructions (M)"] = {
+                "baseline": old / 1e6,
+                "this_checkout": new / 1e6,
+                "ratio": new / old,
+            }
+        print(json.dumps(report), flush=True)
+        return report
+    finally:
+        cleanup()
 
 
 def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
@@ -99,7 +189,8 @@ def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
         for round_number in range(rounds):
             order = list(trees) if round_number % 2 == 0 else list(reversed(trees))
             for name in order:
-                runs[name].append(measure(trees[name], env, seconds, procedures))
+                run = measure(trees[name], env, seconds, procedures)
+                runs[name].append(run | request_cpu(trees[name], url))
         cases = list(runs["baseline"][0])
         report = {"database": kind, "cases": {}}
         for case in cases:
@@ -110,8 +201,10 @@ def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
                 )
             ]
             report["cases"][case] = {
-                "baseline_rps": statistics.median(r[case] for r in runs["baseline"]),
-                "rps": statistics.median(r[case] for r in runs["this checkout"]),
+                "baseline": statistics.median(r[case] for r in runs["baseline"]),
+                "this_checkout": statistics.median(
+                    r[case] for r in runs["this checkout"]
+                ),
                 "ratio": statistics.median(ratios),
                 "ratios": ratios,
             }
@@ -121,22 +214,32 @@ def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
         cleanup()
 
 
-def markdown(reports: list[dict], revision: str, rounds: int, seconds: int) -> str:
+def markdown(
+    reports: list[dict], revision: str, rounds: int, seconds: int, instructions: bool
+) -> str:
+    flag = " --instructions" if instructions else ""
     lines = [
         f"Command: `.venv/bin/python bench/compare_revisions.py --baseline {revision} "
-        f"--rounds {rounds} --seconds {seconds}` (gunicorn, 2 sync workers; wrk -t2 "
-        f"-c16 -d{seconds}s; the two trees served in turn, {rounds} rounds, which "
-        "goes first alternating). Ratio: this checkout's req/s over the baseline's, "
-        "median of the rounds' ratios.",
+        f"--rounds {rounds} --seconds {seconds}{flag} --write BENCHMARKS.md` "
+        f"(gunicorn, 2 sync workers; wrk -t2 -c16 -d{seconds}s; the two trees "
+        f"served in turn, {rounds} rounds, which goes first alternating). Ratio: "
+        "this checkout's figure over the baseline's, median of the rounds' ratios "
+        "(req/s: higher is better).",
         "",
-        "| database | case | baseline req/s | req/s | ratio |",
+        "CPU ms rows: CPU time per request in process (Flask's test client, least of "
+        "5 runs of 200); instructions rows (`--instructions`): instructions per "
+        "request counted by valgrind's callgrind (60 requests minus 10, in process), "
+        "which no other load on the machine changes. For both, the ratio is this "
+        "checkout's cost over the baseline's (lower is better).",
+        "",
+        "| database | case | baseline | this checkout | ratio |",
         "|---|---|---|---|---|",
     ]
     for report in reports:
         for case, row in report["cases"].items():
             lines.append(
-                f"| {report['database']} | {case} | {row['baseline_rps']:.0f} | "
-                f"{row['rps']:.0f} | {row['ratio']:.2f} |"
+                f"| {report['database']} | {case} | {row['baseline']:.1f} | "
+                f"{row['this_checkout']:.1f} | {row['ratio']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -147,6 +250,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="even: ABBA order")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per page request under valgrind (slow)",
+    )
     parser.add_argument("--section", default="revision-comparison")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
@@ -156,13 +264,17 @@ def main() -> None:
             compare(kind, baseline, args.rounds, args.seconds)
             for kind in args.databases.split(",")
         ]
+        if args.instructions:
+            reports.append(compare_instructions(baseline))
     finally:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(baseline)],
             cwd=ROOT,
             check=False,
         )
-    text = markdown(reports, args.baseline, args.rounds, args.seconds)
+    text = markdown(
+        reports, args.baseline, args.rounds, args.seconds, args.instructions
+    )
     print(text)
     if args.write:
         replace_section(args.write, args.section, text)

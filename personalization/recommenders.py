@@ -123,16 +123,13 @@ class PopularityRecommender:
         k: int,
         exclude: Collection[ItemKey] = (),
     ) -> list[Scored]:
-        excluded = set(exclude)
+        excluded = {item.id for item in exclude if item.kind == kind}
         found: list[Scored] = []
-        if k < 1:
-            return found
         for item_id, score in self.popularity.scores(kind):
-            item = ItemKey(kind, item_id)
-            if item not in excluded:
-                found.append(Scored(item, score, "popular", FALLBACK))
-                if len(found) == k:
-                    break
+            if len(found) >= k:
+                break
+            if item_id not in excluded:
+                found.append(Scored(ItemKey(kind, item_id), score, "popular", FALLBACK))
         return found
 
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
