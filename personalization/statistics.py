@@ -37,7 +37,7 @@ from models import (
     sql_time,
     upsert_rows,
 )
-from personalization.events import ItemKey, VisitorInteraction
+from personalization.events import Interaction, ItemKey, VisitorInteraction
 from personalization.items import MODELS, catalog_order, category_shares_sql
 from personalization.settings import Settings
 
@@ -60,17 +60,13 @@ def sql_decayed(score_column, updated_column, rate: float, now: datetime):
 
 
 def aged_weight(
-    weights: Mapping[str, float],
-    interaction_type: str,
-    occurred_at: datetime | None,
-    rate: float,
-    now: datetime,
+    weights: Mapping[str, float], interaction: Interaction, rate: float, now: datetime
 ) -> float:
     """An interaction's weight, faded by its age (webhook events can be old)."""
-    weight = weights.get(interaction_type, 0.0)
-    if occurred_at is None:
+    weight = weights.get(interaction.type, 0.0)
+    if interaction.occurred_at is None:
         return weight
-    return decayed(weight, occurred_at, now, rate)
+    return decayed(weight, interaction.occurred_at, now, rate)
 
 
 def sql_weight(weights: Mapping[str, float], type_column):
@@ -133,14 +129,8 @@ class Affinity:
         rate = self.settings.affinity_decay_rate
         gains: dict[tuple[str, int], float] = defaultdict(float)
         for entry, entry_shares in zip(entries, shares, strict=True):
-            interaction = entry.interaction
-            weight = aged_weight(
-                self.settings.interaction_weights,
-                interaction.type,
-                interaction.occurred_at,
-                rate,
-                now,
-            )
+            weights = self.settings.interaction_weights
+            weight = aged_weight(weights, entry.interaction, rate, now)
             for category_id, share in entry_shares.items():
                 gains[(entry.visitor_id, category_id)] += weight * share
         if not gains:
@@ -300,13 +290,8 @@ class Popularity:
             interaction = entry.interaction
             if interaction.type == "search":
                 continue
-            weight = aged_weight(
-                self.settings.interaction_weights,
-                interaction.type,
-                interaction.occurred_at,
-                rate,
-                now,
-            )
+            weights = self.settings.interaction_weights
+            weight = aged_weight(weights, interaction, rate, now)
             item = interaction.item
             if item and item.kind in COUNTED_KINDS:
                 gains[item] += weight

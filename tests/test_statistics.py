@@ -160,7 +160,8 @@ def test_decay_and_weights_agree_in_python_and_sql(catalog):
                         )
                     )
                 )
-                in_python = aged_weight(weights, kind, then, 0.95, now)
+                interaction = Interaction(kind, occurred_at=then)
+                in_python = aged_weight(weights, interaction, 0.95, now)
                 assert in_sql == pytest.approx(in_python)
 
 
