@@ -72,11 +72,18 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.context_processor
     def privacy_context() -> dict:
+        visitor = current_visitor()
+        expose = app.config["AMPLITUDE_EXPOSE_VISITOR_ID"] and visitor.tracked
         return {
-            "visitor": current_visitor(),
+            "visitor": visitor,
             "consent_mode": app.config["CONSENT_MODE"],
             "tracker_debounce_ms": app.config["TRACKER_DEBOUNCE_MS"],
-            "expose_visitor_id": app.config["AMPLITUDE_EXPOSE_VISITOR_ID"],
+            # The signed alias the page's Amplitude SDK sends back (see amplitude.py).
+            "amplitude_alias": personalization_system.current_system().amplitude_alias(
+                visitor.id
+            )
+            if expose
+            else None,
         }
 
     app.before_request(refuse_malformed_urls)

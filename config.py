@@ -111,9 +111,7 @@ def settings_from_environment(instance_path: str) -> dict:
         "TRACKER_DEBOUNCE_MS": env_number(
             "TRACKER_DEBOUNCE_MS", 1000, int, minimum=0, maximum=60000
         ),
-        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
-        "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
-        "RATELIMIT_HEADERS_ENABLED": True,
+        **rate_limit_settings(),
         **tunables_from_environment(),
         **personalize_settings(),
         "AMPLITUDE_WEBHOOK_SECRET": os.environ.get("AMPLITUDE_WEBHOOK_SECRET", ""),
@@ -127,6 +125,38 @@ def settings_from_environment(instance_path: str) -> dict:
         # A ceiling for every request body; endpoints set tighter limits of their own.
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
+    }
+
+
+def rate_limit_settings() -> dict:
+    """Flask-Limiter's settings: the tracking limits, and where counts live.
+
+    memory:// counts per worker process (with N workers the real limit is N times
+    the setting), so production sets REDIS_URL. When Redis cannot be reached,
+    limits fall back to each process's memory and say so in the log: tracking
+    keeps working, never a 500, no event lost.
+    """
+    redis_url = os.environ.get("REDIS_URL", "")
+    return {
+        "REDIS_URL": redis_url,
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI")
+        or redis_url
+        or "memory://",
+        # A dead Redis must cost a page nothing: refuse connections fast.
+        "RATELIMIT_STORAGE_OPTIONS": {
+            "socket_connect_timeout": 0.2,
+            "socket_timeout": 0.2,
+        }
+        if (os.environ.get("RATELIMIT_STORAGE_URI") or redis_url).startswith("redis")
+        else {},
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
+        # Many people can share an address (an office, a carrier's NAT).
+        "TRACKING_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+            "TRACKING_RATE_LIMIT_PER_ADDRESS", "600 per minute"
+        ),
     }
 
 

@@ -4,8 +4,8 @@ from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_wtf.csrf import CSRFProtect
 
-from visitor import rate_limit_key
+from visitor import visitor_rate_key
 
 migrate = Migrate()
 csrf = CSRFProtect()
-limiter = Limiter(key_func=rate_limit_key)
+limiter = Limiter(key_func=visitor_rate_key)

@@ -100,14 +100,13 @@ class PersonalizationSystem:
 
     # Identity
 
-    def fingerprint(
-        self,
-        user_agent: str | None,
-        ip_address: str | None,
-        accept_language: str | None,
-    ) -> str:
-        """A visitor id for a cookieless request: a keyed hash of its headers."""
-        return self.identity.fingerprint(user_agent, ip_address, accept_language)
+    def address_key(self, address: str | None) -> str:
+        """A keyed hash of a client address: rate limits, never the address."""
+        return self.identity.address_key(address)
+
+    def amplitude_alias(self, visitor_id: str) -> str:
+        """What a page hands Amplitude's SDK for this visitor: their id, signed."""
+        return self.identity.alias(visitor_id)
 
     # Tracking
 

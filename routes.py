@@ -25,7 +25,7 @@ from models import Category, Doctor, Package, Procedure, db, doctor_procedures
 from personalization.events import Interaction, ItemKey
 from personalization_system import current_system
 from visitor import (
-    browser_fingerprint,
+    address_rate_key,
     current_visitor,
     forget_visitor_cookie,
     remember_tracking_choice,
@@ -211,6 +211,10 @@ def local_path(candidate: str | None) -> str:
 
 @web.post("/personalization/track-interaction")
 @limiter.limit(lambda: current_app.config["TRACKING_RATE_LIMIT"])
+@limiter.limit(
+    lambda: current_app.config["TRACKING_RATE_LIMIT_PER_ADDRESS"],
+    key_func=address_rate_key,
+)
 def track_interaction():
     """Store one event or a batch from the tracker; say which were rejected and why."""
     if not request.is_json:
@@ -317,8 +321,7 @@ def forget():
     Works whatever the privacy state: a visitor who opted out can still erase
     what was recorded before.
     """
-    identities = {browser_fingerprint(), visitor_id_from_cookie()} - {None}
-    deleted = current_system().forget_visitor(identities)
+    deleted = current_system().forget_visitor({visitor_id_from_cookie()} - {None})
     log.info("visitor erased: %s", deleted)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         flash(

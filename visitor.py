@@ -1,35 +1,43 @@
 """Who the anonymous visitor is, and whether they let us track them: the visitor
-cookie, the keyed fingerprint, privacy signals (GPC, DNT, opt-out) and consent."""
+cookie (the only identity), privacy signals (GPC, DNT, opt-out) and consent."""
 
+import re
 import secrets
 from dataclasses import dataclass
 
 from flask import current_app, g, request, session
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from personalization.identity import VISITOR_ID
+from personalization.identity import VISITOR_ID, new_visitor_id
 from personalization_system import current_system
 
 VISITOR_COOKIE = "antidote_visitor"
 # "on": the visitor agreed to personalization (needed in opt-in mode);
 # "off": the visitor opted out or declined.
 TRACKING_COOKIE = "antidote_tracking"
+# Crawlers that say what they are: they see popular pages and leave no trace (each
+# request would otherwise count as a new visitor in the statistics).
+SELF_DECLARED_BOT = re.compile(r"bot[/;) ]|bot$|crawler|spider|slurp", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Visitor:
-    """The visitor behind this request, as far as their privacy choices allow."""
+    """The visitor behind this request, as far as their privacy choices allow.
+
+    The first-party cookie is the identity: a browser without it gets a fresh
+    random id (in a new cookie), never one derived from what it sends, so two
+    people behind one address with the same browser never share a profile.
+    """
 
     # None whenever tracking is not allowed: nothing identifies the visitor then.
     id: str | None
     session_id: str | None
-    # Why tracking is off: "disabled", "gpc", "dnt", "opted-out" or "no-consent".
+    # Why tracking is off: "disabled", "gpc", "dnt", "opted-out", "no-consent"
+    # or "bot".
     blocked_by: str | None
     # The visitor came without a valid visitor cookie: show the privacy notice,
     # and set the cookie on the response.
     is_new: bool
-    # Also this browser's current fingerprint: erasure deletes both identities.
-    fingerprint: str | None = None
 
     @property
     def tracked(self) -> bool:
@@ -54,6 +62,8 @@ def tracking_blocked_by() -> str | None:
         return "opted-out"
     if config["CONSENT_MODE"] == "opt-in" and choice != "on":
         return "no-consent"
+    if SELF_DECLARED_BOT.search(request.headers.get("User-Agent", "")):
+        return "bot"
     return None
 
 
@@ -69,35 +79,24 @@ def visitor_id_from_cookie() -> str | None:
     return value if isinstance(value, str) and VISITOR_ID.fullmatch(value) else None
 
 
-def browser_fingerprint() -> str:
-    """Fingerprint this request's browser; the IP comes from ProxyFix, if trusted."""
-    return current_system().fingerprint(
-        request.headers.get("User-Agent"),
-        request.remote_addr,
-        request.headers.get("Accept-Language"),
-    )
-
-
 def current_visitor() -> Visitor:
-    """Resolve the visitor once per request: cookie first, then fingerprint."""
+    """Resolve the visitor once per request: the cookie's, or a new one."""
     if "visitor" in g:
         return g.visitor
     blocked_by = tracking_blocked_by()
     if blocked_by:
-        # In opt-in mode nothing is fingerprinted before consent; the same goes
-        # for GPC, DNT and opt-out.
+        # In opt-in mode nothing is stored before consent; the same goes for
+        # GPC, DNT, opt-out and crawlers.
         g.visitor = Visitor(None, None, blocked_by, is_new=False)
         return g.visitor
     from_cookie = visitor_id_from_cookie()
-    fingerprint = browser_fingerprint()
     if "sid" not in session:
         session["sid"] = secrets.token_hex(16)
     g.visitor = Visitor(
-        id=from_cookie or fingerprint,
+        id=from_cookie or new_visitor_id(),
         session_id=session["sid"],
         blocked_by=None,
         is_new=from_cookie is None,
-        fingerprint=fingerprint,
     )
     return g.visitor
 
@@ -122,7 +121,11 @@ def set_visitor_cookie(response):
 
 
 def remember_tracking_choice(response, allowed: bool):
-    """Keep the visitor's privacy choice in a cookie; opting out drops their id."""
+    """Keep the visitor's privacy choice in a cookie.
+
+    Opting out stops all recording, but the visitor cookie stays: it is the only
+    way "forget me" and "download my data" can find what was recorded before.
+    """
     response.set_cookie(
         TRACKING_COOKIE,
         "on" if allowed else "off",
@@ -131,8 +134,6 @@ def remember_tracking_choice(response, allowed: bool):
         samesite="Lax",
         secure=request.is_secure,
     )
-    if not allowed:
-        response.delete_cookie(VISITOR_COOKIE, samesite="Lax")
     return response
 
 
@@ -143,12 +144,17 @@ def forget_visitor_cookie(response):
     return response
 
 
-def rate_limit_key() -> str:
-    """Rate-limit per visitor; untracked requests by a keyed hash of their address.
+def address_rate_key() -> str:
+    """Rate-limit key of the client's address: the proxy's view of it when proxies
+    are trusted (ProxyFix), else the socket's, keyed so Redis never holds it."""
+    return "address:" + current_system().address_key(request.remote_addr)
 
-    The hash keeps raw IP addresses out of the limiter's storage (Redis).
+
+def visitor_rate_key() -> str:
+    """Rate-limit key of the visitor (their cookie); untracked requests by address.
+
+    A visitor who drops the cookie to start afresh is still held by the limit on
+    their address.
     """
     visitor = current_visitor()
-    if visitor.tracked:
-        return "visitor:" + visitor.id
-    return "address:" + current_system().fingerprint(None, request.remote_addr, None)
+    return "visitor:" + visitor.id if visitor.tracked else address_rate_key()

@@ -8,14 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
-from models import (
-    UserCategoryAffinity,
-    UserInteraction,
-    WebhookEventKey,
-    dialect_insert,
-)
+from models import UserInteraction, WebhookEventKey, dialect_insert
 from personalization.events import (
     IMPRESSION_TYPES,
     EventError,
@@ -26,7 +21,7 @@ from personalization.events import (
     encode_metadata,
     parse_event,
 )
-from personalization.identity import VISITOR_ID, Identity
+from personalization.identity import Identity
 from personalization.items import Items, split_evenly
 from personalization.outbox import Outbox
 from personalization.profiles import Profiles
@@ -181,30 +176,29 @@ class Ingest:
         return result
 
     def visitors_of(self, events: list[ExternalEvent]) -> dict[int, str]:
-        """Each event's visitor: a known site visitor id the page passed on, else
-        the other system's user id, else its device id, keyed like fingerprints."""
-        hints = {e.visitor_hint for e in events if e.visitor_hint}
-        hints = sorted(h for h in hints if VISITOR_ID.fullmatch(h))
-        known: set[str] = set()
-        if hints:
-            for model in (UserInteraction, UserCategoryAffinity):
-                known |= set(
-                    self.session.scalars(
-                        select(model.user_id).where(model.user_id.in_(hints)).distinct()
-                    )
-                )
+        """Each event's visitor: the site visitor whose signed alias the page handed
+        the other system, else that system's user id, else its device id, keyed.
+
+        An alias the site did not sign (a guessed or made-up visitor id) names
+        nobody: the event falls back to the other system's own ids.
+        """
         visitors = {}
         for event in events:
-            if event.visitor_hint in known:
-                visitors[event.index] = event.visitor_hint
+            site_visitor = (
+                self.identity.visitor_of_alias(event.visitor_hint)
+                if event.visitor_hint
+                else None
+            )
+            if site_visitor:
+                visitors[event.index] = site_visitor
             elif event.user_id:
                 visitors[event.index] = self.identity.external_id(
                     f"{event.source}-user", event.user_id
                 )
             else:
+                device = event.device_id or event.visitor_hint or ""
                 visitors[event.index] = self.identity.external_id(
-                    f"{event.source}-device",
-                    event.device_id or event.visitor_hint or "",
+                    f"{event.source}-device", device
                 )
         return visitors
 

@@ -113,6 +113,7 @@ class Browser:
     and the CSRF token its pages carry, sent the way the tracker sends it."""
 
     def __init__(self, app, address="203.0.113.7", headers=None):
+        self.app = app
         self.client = app.test_client()
         self.address = address
         self.headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"}
@@ -147,6 +148,16 @@ class Browser:
     def cookie(self, name):
         cookie = self.client.get_cookie(name)
         return cookie.value if cookie else None
+
+    def new_tab(self, app=None) -> "Browser":
+        """Another client of the same browser: its cookies (and so its visitor and
+        CSRF token), at the same address; `app` stands for another worker."""
+        tab = Browser(app or self.app, self.address, self.headers)
+        for name in ("antidote_visitor", "session", "antidote_tracking"):
+            if self.cookie(name) is not None:
+                tab.client.set_cookie(name, self.cookie(name))
+        tab._token = self._token
+        return tab
 
 
 class WebVisitor:

@@ -250,12 +250,16 @@ def test_recommendations_refuse_bad_parameters(catalog, client, query):
     ],
 )
 def test_forged_forwarded_for_changes_nobody_s_identity(catalog, forged):
+    """Identity is the cookie: a forged header neither makes the same browser a
+    new visitor nor another browser this one."""
     plain, forging = Browser(catalog), Browser(catalog)
     plain.get("/procedures/botox")
-    answer = forging.get("/procedures/botox", headers={"X-Forwarded-For": forged})
-    assert answer.status_code == 200
-    visitors = {row.user_id for row in stored_interactions(catalog)}
-    assert len(visitors) == 1  # same address, same browser: same visitor
+    for _ in range(2):
+        answer = forging.get("/procedures/botox", headers={"X-Forwarded-For": forged})
+        assert answer.status_code == 200
+    visitors = [row.user_id for row in stored_interactions(catalog)]
+    assert len(visitors) == 3 and len(set(visitors)) == 2
+    assert visitors[1] == visitors[2] != visitors[0]
 
 
 def test_forged_forwarded_for_behind_one_proxy_is_still_served(database_url, catalog):

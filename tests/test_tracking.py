@@ -25,28 +25,37 @@ def click(target_type, target_id, **extra):
 # Identity
 
 
-def test_fingerprint_is_32_hex_stable_and_keyed():
+def test_keyed_hashes_are_stable_keyed_and_not_plain_hashes():
     identity = Identity("key-one")
-    first = identity.fingerprint(UA, "198.51.100.4", "en-GB")
+    first = identity.address_key("198.51.100.4")
     assert re.fullmatch(r"[0-9a-f]{32}", first)
-    assert first == identity.fingerprint(UA, "198.51.100.4", "en-GB")
-    assert first != identity.fingerprint(UA, "198.51.100.5", "en-GB")
-    assert first != identity.fingerprint(UA, "198.51.100.4", "fr-FR")
-    other_key = Identity("key-two")
-    assert first != other_key.fingerprint(UA, "198.51.100.4", "en-GB")
+    assert first == identity.address_key("198.51.100.4")
+    assert first != identity.address_key("198.51.100.5")
+    assert first != Identity("key-two").address_key("198.51.100.4")
     # Not a plain hash anyone could recompute by enumerating addresses.
-    for joined in (f"{UA}198.51.100.4en-GB", f"{UA}\n198.51.100.4\nen-GB"):
-        assert first != hashlib.md5(joined.encode()).hexdigest()
-        assert first != hashlib.sha256(joined.encode()).hexdigest()[:32]
+    for text in ("198.51.100.4", "address\n198.51.100.4"):
+        assert first != hashlib.md5(text.encode()).hexdigest()
+        assert first != hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def test_fingerprint_key_derives_from_secret_key_unless_set(database_url):
-    def fingerprint(**config):
+def test_aliases_name_a_visitor_only_when_the_site_signed_them():
+    identity = Identity("key-one")
+    visitor = "ab" * 16
+    alias = identity.alias(visitor)
+    assert identity.visitor_of_alias(alias) == visitor
+    assert Identity("key-two").visitor_of_alias(alias) is None
+    assert identity.visitor_of_alias(visitor) is None
+    assert identity.visitor_of_alias(f"{'cd' * 16}-{alias.split('-')[1]}") is None
+    assert identity.visitor_of_alias("not an alias") is None
+
+
+def test_keys_derive_from_secret_key_unless_set(database_url):
+    def alias(**config):
         app = create_app(app_config(database_url, **config))
-        return app.extensions["personalization"].fingerprint(UA, "198.51.100.4", "en")
+        return app.extensions["personalization"].amplitude_alias("ab" * 16)
 
-    assert fingerprint(SECRET_KEY="a") != fingerprint(SECRET_KEY="b")
-    assert fingerprint(SECRET_KEY="a", FINGERPRINT_SECRET="f") == fingerprint(
+    assert alias(SECRET_KEY="a") != alias(SECRET_KEY="b")
+    assert alias(SECRET_KEY="a", FINGERPRINT_SECRET="f") == alias(
         SECRET_KEY="b", FINGERPRINT_SECRET="f"
     )
 
@@ -58,20 +67,50 @@ def visitor_of_fresh_browser(app, address="203.0.113.7", **headers) -> str:
     return stored_interactions(app)[before].user_id
 
 
-def test_forwarded_for_is_ignored_without_trusted_proxies(catalog):
-    first = visitor_of_fresh_browser(catalog, **{"X-Forwarded-For": "192.0.2.1"})
-    second = visitor_of_fresh_browser(catalog, **{"X-Forwarded-For": "192.0.2.2"})
-    assert first == second
+def test_two_people_behind_one_address_never_share_a_profile(catalog):
+    """Same browser, same language, same public address (an office, a household,
+    a carrier's NAT): two visitors from the first request on. One's interests
+    never reach the other's pages, and one's "forget me" leaves the other's
+    history intact."""
+    alice, bob = Browser(catalog), Browser(catalog)
+    assert alice.headers == bob.headers and alice.address == bob.address
+    alice.get("/")
+    bob.get("/")
+    assert alice.cookie("antidote_visitor") != bob.cookie("antidote_visitor")
+    hair = [
+        catalog_id(catalog, Procedure, slug)
+        for slug in ("fue-hair-transplant", "prp-hair-restoration")
+    ]
+    for pid in hair:
+        assert alice.track(click("procedure", pid)).status_code == 202
+    api = "/personalization/recommendations/procedures"
+    assert alice.get(api).get_json()["personalized"] is True
+    assert bob.get(api).get_json() == Browser(catalog).get(api).get_json()
+    assert bob.get(api).get_json()["personalized"] is False
+    alice_rows = [r for r in stored_interactions(catalog) if r.target_id in hair]
+    assert len(alice_rows) == 2 and len({r.user_id for r in alice_rows}) == 1
+
+    forgotten = bob.post("/personalization/forget").get_json()["deleted"]
+    assert forgotten["interactions"] == 1  # Bob's own page view, nothing else
+    assert [r for r in stored_interactions(catalog) if r.target_id in hair] == (
+        alice_rows
+    )
+    assert alice.get(api).get_json()["personalized"] is True
 
 
-def test_forwarded_for_is_honoured_behind_a_trusted_proxy(database_url, catalog):
-    app = create_app(app_config(database_url, TRUSTED_PROXY_COUNT=1))
-    first = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "192.0.2.1"})
-    second = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "192.0.2.2"})
-    # A visitor can prepend addresses, but only the proxy's entry is trusted.
-    spoofed = visitor_of_fresh_browser(app, **{"X-Forwarded-For": "6.6.6.6, 192.0.2.1"})
+def test_a_browser_without_the_cookie_is_a_new_visitor_every_time(catalog):
+    """Nothing derived from what a browser sends can hand it someone's profile: a
+    client that refuses cookies starts afresh on each request."""
+    first = visitor_of_fresh_browser(catalog)
+    second = visitor_of_fresh_browser(catalog)
     assert first != second
-    assert spoofed == first
+
+
+def test_crawlers_that_say_so_leave_no_trace(catalog):
+    crawler = Browser(catalog, headers={"User-Agent": "Googlebot/2.1"})
+    assert crawler.get("/procedures/botox").status_code == 200
+    assert crawler.cookie("antidote_visitor") is None
+    assert stored_interactions(catalog) == []
 
 
 def test_visitor_cookie_keeps_the_id_when_the_address_changes(catalog):
@@ -314,25 +353,102 @@ def test_tracking_is_rate_limited_per_visitor(database_url, catalog):
     assert Browser(app, address="198.51.100.200").track(event).status_code == 202
 
 
-def test_rate_limits_can_live_in_redis(database_url, catalog):
+PAGE_VIEW = {"interaction_type": "view", "target_type": "page"}
+
+
+def statuses(browsers) -> list[int]:
+    return [browser.track(PAGE_VIEW).status_code for browser in browsers]
+
+
+def test_dropping_the_cookie_does_not_escape_the_address_limit(database_url, catalog):
+    """A client that starts afresh on every request (new cookie, new user agent)
+    is a new visitor each time, but its address is the same."""
+    app = create_app(
+        app_config(database_url, TRACKING_RATE_LIMIT_PER_ADDRESS="4 per minute")
+    )
+    fresh = [Browser(app, headers={"User-Agent": f"Agent/{i}"}) for i in range(5)]
+    assert statuses(fresh) == [202, 202, 202, 202, 429]
+    assert statuses([Browser(app, address="198.51.100.200")]) == [202]
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(database_url, catalog):
+    app = create_app(
+        app_config(database_url, TRACKING_RATE_LIMIT_PER_ADDRESS="1 per minute")
+    )
+    forged = [
+        Browser(app, headers={"X-Forwarded-For": address})
+        for address in ("192.0.2.1", "192.0.2.2")
+    ]
+    assert statuses(forged) == [202, 429]  # one socket address, one bucket
+
+
+def test_forwarded_for_is_honoured_behind_a_trusted_proxy(database_url, catalog):
+    app = create_app(
+        app_config(
+            database_url,
+            TRUSTED_PROXY_COUNT=1,
+            TRACKING_RATE_LIMIT_PER_ADDRESS="1 per minute",
+        )
+    )
+    clients = [
+        Browser(app, headers={"X-Forwarded-For": address})
+        for address in ("192.0.2.1", "192.0.2.2", "6.6.6.6, 192.0.2.1")
+    ]
+    # A client can prepend addresses, but only the proxy's entry is trusted.
+    assert statuses(clients) == [202, 202, 429]
+
+
+def redis_or_skip() -> str:
     import redis
 
+    url = "redis://127.0.0.1:6379/0"
     try:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0").ping()
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError as error:
         from helpers import skip_or_fail
 
         skip_or_fail(f"Redis not reachable on 127.0.0.1:6379: {error}")
+    return url
+
+
+def test_workers_share_one_count_in_redis(database_url, catalog, monkeypatch):
+    """Two app instances stand for two workers: with REDIS_URL set (the
+    production setting) the limit is the setting, not workers x the setting."""
+    import secrets
+
+    from config import settings_from_environment
+
+    monkeypatch.setenv("REDIS_URL", redis_or_skip())
+    settings = settings_from_environment("/nonexistent")
+    assert settings["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
+    workers = [
+        create_app(
+            app_config(
+                database_url,
+                RATELIMIT_STORAGE_URI=settings["RATELIMIT_STORAGE_URI"],
+                RATELIMIT_KEY_PREFIX=f"antidote-test-{secrets.token_hex(4)}",
+                TRACKING_RATE_LIMIT="2 per minute",
+            )
+        )
+        for _ in range(2)
+    ]
+    first = Browser(workers[0])
+    first.csrf_token()
+    second = first.new_tab(workers[1])
+    assert statuses([first, second, first]) == [202, 202, 429]
+
+
+def test_tracking_keeps_working_when_redis_is_down(database_url, catalog, caplog):
     app = create_app(
         app_config(
             database_url,
-            RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
+            RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # nothing listens there
             TRACKING_RATE_LIMIT="2 per minute",
-            RATELIMIT_KEY_PREFIX=f"antidote-test-{id(app_config)}",
         )
     )
-    visitor = Browser(
-        app, address="198.51.100.123", headers={"User-Agent": str(id(app))}
-    )
-    event = {"interaction_type": "view", "target_type": "page"}
-    assert [visitor.track(event).status_code for _ in range(3)] == [202, 202, 429]
+    visitor = Browser(app)
+    assert statuses([visitor, visitor]) == [202, 202]
+    assert len(stored_interactions(app)) == 2
+    assert "Rate limit storage unreachable" in caplog.text
+    # Limits still hold, per process, until Redis is back.
+    assert statuses([visitor]) == [429]

@@ -3,6 +3,7 @@ visitors, items, weights, impressions, de-duplication, nothing lost."""
 
 import copy
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -338,26 +339,34 @@ def test_raw_amplitude_ids_are_never_stored(hook):
     assert len({row.user_id for row in stored_interactions(hook.app)}) == 2
 
 
-def test_a_known_site_visitor_id_links_amplitude_to_the_browser(hook):
+ALIAS_META = re.compile(r'name="antidote-visitor-id" content="([^"]+)"')
+
+
+def test_the_alias_a_page_hands_amplitude_links_its_events_to_the_browser(hook):
     browser = Browser(hook.app)
-    browser.get("/")
+    alias = ALIAS_META.search(browser.get("/").get_data(as_text=True)).group(1)
     visitor_id = stored_interactions(hook.app)[0].user_id
-    event = click(user_id="amp-1")
-    event["event_properties"]["visitor_id"] = visitor_id
-    unknown = click(user_id="amp-2", item="procedure:dysport")
-    unknown["event_properties"]["visitor_id"] = "f" * 32  # not a site visitor
-    assert counts(hook([event, unknown])) == (2, 0, 0)
+    assert alias != visitor_id and alias.startswith(visitor_id + "-")
+    signed = click(user_id="amp-1")
+    signed["event_properties"]["visitor_id"] = alias
+    # Anyone who learns or guesses a visitor id cannot send events as them: only
+    # aliases the site signed name a visitor.
+    bare = click(user_id="amp-2", item="procedure:dysport")
+    bare["event_properties"]["visitor_id"] = visitor_id
+    forged = click(user_id="amp-3", item="procedure:xeomin")
+    forged["event_properties"]["visitor_id"] = f"{visitor_id}-{'0' * 32}"
+    assert counts(hook([signed, bare, forged])) == (3, 0, 0)
     rows = stored_interactions(hook.app)
     assert rows[1].user_id == visitor_id
-    assert rows[2].user_id not in (visitor_id, "f" * 32)
+    assert visitor_id not in {rows[2].user_id, rows[3].user_id}
     # The site now ranks with what Amplitude saw.
     body = browser.get("/personalization/recommendations/categories").get_json()
     assert body["items"][0]["slug"] == "injectables"
 
 
-def test_pages_expose_the_visitor_id_for_the_amplitude_sdk(hook):
+def test_pages_expose_the_alias_for_the_amplitude_sdk_only_when_tracked(hook):
     html = Browser(hook.app).get("/").get_data(as_text=True)
-    assert 'name="antidote-visitor-id"' in html
+    assert ALIAS_META.search(html)
     private = Browser(hook.app, headers={"Sec-GPC": "1"}).get("/")
     assert "antidote-visitor-id" not in private.get_data(as_text=True)
 
@@ -384,12 +393,11 @@ def test_weights_follow_the_table(hook):
 
 def test_negative_events_demote_the_item_for_that_visitor(hook):
     browser = Browser(hook.app)
-    browser.get("/procedures/botox")
-    visitor_id = stored_interactions(hook.app)[0].user_id
+    page = browser.get("/procedures/botox").get_data(as_text=True)
     for slug in ("dysport", "xeomin", "kybella"):
         hook([click(item=f"procedure:{slug}")])  # another visitor's interest
     hidden = click(event_type="not_interested", item="procedure:botox")
-    hidden["event_properties"]["visitor_id"] = visitor_id
+    hidden["event_properties"]["visitor_id"] = ALIAS_META.search(page).group(1)
     api = "/personalization/recommendations/procedures?limit=50"
     before = [item["slug"] for item in browser.get(api).get_json()["items"]]
     assert "botox" in before[:6]
