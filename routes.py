@@ -2,8 +2,10 @@
 
 import json
 import logging
+import re
 from functools import cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from flask import (
@@ -22,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from catalog import search_catalog
 from extensions import limiter
 from models import Category, Doctor, Package, Procedure, db, doctor_procedures
-from personalization.events import Interaction, ItemKey
+from personalization.events import Interaction, ItemKey, is_decimal
 from personalization_system import current_system
 from visitor import (
     address_rate_key,
@@ -55,6 +57,9 @@ ITEM_ENDPOINTS = {
     "doctors": "web.doctor",
 }
 TRACKING_BODY_LIMIT = 64 * 1024
+# A redirect target ("next") is at most this long, and never contains these.
+MAX_NEXT_LENGTH = 2048
+CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 # Events one tracking request may carry.
 MAX_BATCH_EVENTS = 50
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
@@ -198,15 +203,25 @@ def set_tracking_choice():
 
 
 def local_path(candidate: str | None) -> str:
-    """Return a same-site path to go back to, never another site."""
-    if (
-        candidate
-        and candidate.startswith("/")
-        and not candidate.startswith("//")
-        and "\\" not in candidate
-    ):
-        return candidate
-    return url_for("web.privacy")
+    """Return a same-site path to go back to, never another site.
+
+    Browsers drop tabs and newlines inside a URL and read a backslash as a slash,
+    so "/<tab>/evil.example" and "/\\evil.example" mean "//evil.example": another
+    site. Kept only: a path relative to this site, before and after decoding,
+    with no control characters or backslashes. Anything else goes to /privacy.
+    """
+    fallback = url_for("web.privacy")
+    if not candidate or len(candidate) > MAX_NEXT_LENGTH:
+        return fallback
+    for form in (candidate, unquote(candidate)):
+        if CONTROL_OR_BACKSLASH.search(form) or not form.startswith("/"):
+            return fallback
+        if form.startswith("//"):
+            return fallback
+    parts = urlsplit(candidate)
+    if parts.scheme or parts.netloc:
+        return fallback
+    return urlunsplit(("", "", parts.path, parts.query, ""))
 
 
 @web.post("/personalization/track-interaction")
@@ -309,7 +324,7 @@ def parse_limit(raw: str | None, default: int) -> tuple[int, str | None]:
     """Read ?limit=: a whole number from 1 to MAX_LIMIT."""
     if raw is None:
         return default, None
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not is_decimal(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         return default, f"limit must be a whole number from 1 to {MAX_LIMIT}"
     return int(raw), None
 

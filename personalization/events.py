@@ -54,7 +54,7 @@ class ItemKey(NamedTuple):
     def parse(cls, text: str) -> "ItemKey | None":
         """Read "procedure:12"; None when it is not a catalog item key."""
         kind, _, number = text.partition(":")
-        if kind not in ITEM_KINDS or not number.isdigit() or len(number) > 10:
+        if kind not in ITEM_KINDS or not is_decimal(number) or len(number) > 10:
             return None
         return cls(kind, int(number))
 
@@ -160,6 +160,12 @@ def parse_metadata(metadata: Any) -> dict | None:
     if size > MAX_METADATA_BYTES:
         raise EventError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     return metadata
+
+
+def is_decimal(text: str) -> bool:
+    """Whether text is a whole number in ASCII digits. str.isdigit() alone also
+    accepts "²" and "٣", which int() then refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def is_storable_text(text: str) -> bool:

@@ -14,7 +14,7 @@ from models import (
     doctor_procedures,
     package_procedures,
 )
-from personalization.events import ItemKey
+from personalization.events import ItemKey, is_decimal
 
 # The model of each kind, in the order of ITEM_KINDS.
 MODELS = {
@@ -146,7 +146,7 @@ class Items:
             keys = wanted[kind] | bare
             if not keys:
                 continue
-            ids = [int(k) for k in keys if k.isdigit() and len(k) < 10]
+            ids = [int(k) for k in keys if is_decimal(k) and len(k) < 10]
             rows = self.session.execute(
                 select(model.id, model.slug).where(
                     or_(model.id.in_(ids), model.slug.in_(sorted(keys)))
@@ -161,7 +161,7 @@ class Items:
             if key and kind in MODELS:
                 if (kind, key) in found:
                     resolved[ref] = ItemKey(kind, found[(kind, key)])
-            elif not ref.isdigit():
+            elif not is_decimal(ref):
                 for kind in MODELS:
                     if (kind, ref) in found:
                         resolved[ref] = ItemKey(kind, found[(kind, ref)])

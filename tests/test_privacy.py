@@ -62,18 +62,47 @@ def test_opting_out_on_the_privacy_page_stops_tracking(catalog, browser):
     assert len(stored_interactions(catalog)) == 2
 
 
-def test_tracking_choice_rejects_bad_input_and_foreign_redirects(catalog, browser):
+def test_tracking_choice_rejects_bad_input(catalog, browser):
     assert (
         browser.post("/privacy/tracking", data={"choice": "maybe"}).status_code == 400
     )
-    response = browser.post(
-        "/privacy/tracking", data={"choice": "off", "next": "//evil.example/"}
-    )
+
+
+# What browsers read as another site: a tab or newline they drop, a backslash they
+# read as a slash, a scheme, and the same once percent-decoded.
+FOREIGN = [
+    "//evil.example/",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "\t//evil.example",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "/%2F/evil.example",
+    "/%5Cevil.example",
+    "/%09/evil.example",
+    "https://evil.example/",
+    "javascript:alert(1)",
+    " //evil.example",
+    "/\x7f/evil.example",
+    "/\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("target", FOREIGN)
+def test_redirects_never_leave_the_site(catalog, browser, target):
+    response = browser.post("/privacy/tracking", data={"choice": "off", "next": target})
+    assert response.status_code == 303
     assert response.headers["Location"] == "/privacy"
-    response = browser.post(
-        "/privacy/tracking", data={"choice": "off", "next": "/procedures/botox"}
-    )
-    assert response.headers["Location"] == "/procedures/botox"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/procedures/botox", "/search?q=lip%20filler", "/", "/doctors?city=Miami"],
+)
+def test_redirects_to_the_site_keep_their_path_and_query(catalog, browser, target):
+    response = browser.post("/privacy/tracking", data={"choice": "off", "next": target})
+    assert response.headers["Location"] == target
 
 
 def test_opt_out_mode_shows_a_notice_on_the_first_page_only(catalog, browser):

@@ -231,6 +231,8 @@ def test_popular_rankings_are_cached_briefly(catalog):
         ("procedures?limit=51", 400, "limit must be a whole number from 1 to 50"),
         ("procedures?limit=abc", 400, "limit must be a whole number"),
         ("procedures?limit=-3", 400, "limit must be a whole number"),
+        ("procedures?limit=%C2%B2", 400, "limit must be a whole number"),  # "²"
+        ("procedures?limit=%D9%A3", 400, "limit must be a whole number"),  # Arabic 3
         ("doctors?item=botox", 400, "item is only supported for procedures"),
         ("procedures?item=no-such-thing", 404, "no procedure with slug"),
     ],

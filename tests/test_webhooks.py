@@ -253,6 +253,9 @@ def test_bad_bodies_get_400_with_a_message(hook, body, message):
         (click(item="procedure:999999"), "no catalog item 'procedure:999999'"),
         (click(item="clinic:1"), "no catalog item 'clinic:1'"),
         (click(item="no-such-slug"), "no catalog item 'no-such-slug'"),
+        # Digits int() refuses: "²" and Arabic-Indic 3 were a 500.
+        (click(item="procedure:\u00b2"), "no catalog item 'procedure:\u00b2'"),
+        (click(item="\u0663"), "no catalog item '\u0663'"),
         (click(time=1), "older than the 90-day retention"),
         (click(time=now_ms() + 3 * 86400 * 1000), "more than a day in the future"),
     ],
