@@ -13,6 +13,10 @@ from typing import Any
 from personalization.events import IMPRESSION_TYPES, ExternalEvent, is_storable_text
 
 MAX_EVENTS = 2000
+# Items one event may name (an impression's items_shown): each becomes an
+# interaction, and no page shows more. Repeats count once; the rest are dropped
+# and reported.
+MAX_ITEMS_PER_EVENT = 50
 # The name Amplitude's events carry in metadata, and that keys their visitor ids.
 SOURCE = "amplitude"
 SKIPPED_TYPES = {"$identify", "$groupidentify", "session_start", "session_end"}
@@ -119,7 +123,7 @@ def event_time(raw: dict, received_at: datetime) -> datetime:
 def item_references(properties: dict, event_type: str) -> list[str]:
     """The catalog items an event is about, as written: "procedure:12",
     "procedure:botox", a bare slug, or item_type + item_id; impressions list
-    theirs in items_shown."""
+    theirs in items_shown (all of them: see capped)."""
     if event_type in IMPRESSION_TYPES and isinstance(
         properties.get("items_shown"), list
     ):
@@ -154,9 +158,10 @@ def read_event(
         properties = raw.get("properties")  # custom templates
     if not isinstance(properties, dict):
         properties = {}
-    refs = item_references(properties, event_type)
-    if not refs:
+    listed = item_references(properties, event_type)
+    if not listed:
         raise SkipEvent("event names no catalog item (event_properties.item_id)")
+    refs = list(dict.fromkeys(listed))[:MAX_ITEMS_PER_EVENT]
     occurred_at = event_time(raw, received_at)
     user_id = text_id(raw.get("user_id")) or text_id(raw.get("external_id"))
     device_id = text_id(raw.get("device_id"))
@@ -177,6 +182,7 @@ def read_event(
         visitor_hint=visitor_hint.lower() if visitor_hint else None,
         user_id=user_id,
         device_id=device_id,
+        items_listed=len(listed),
     )
 
 
@@ -224,12 +230,32 @@ def read_events(
     return events, errors
 
 
-def summary(processed: int, errors: list[dict], duplicates: int) -> dict[str, Any]:
-    """The webhook's answer: what was recorded, skipped (and why) and repeated."""
+def trimmed(events: list[ExternalEvent]) -> list[dict[str, int]]:
+    """The events that named more items than were kept (repeats, or past the cap)."""
+    return [
+        {
+            "index": event.index,
+            "listed": event.items_listed,
+            "kept": len(event.item_refs),
+        }
+        for event in events
+        if event.items_listed > len(event.item_refs)
+    ]
+
+
+def summary(
+    processed: int,
+    errors: list[dict],
+    duplicates: int,
+    trimmed_items: list[dict] | None = None,
+) -> dict[str, Any]:
+    """The webhook's answer: what was recorded, skipped (and why), repeated, and
+    which events had items dropped."""
     return {
         "message": "Webhook successfully processed",
         "processed": processed,
         "skipped": len(errors),
         "duplicates": duplicates,
         "errors": sorted(errors, key=lambda e: e["index"]),
+        "trimmed": trimmed_items or [],
     }

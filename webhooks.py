@@ -6,7 +6,14 @@ import logging
 
 from flask import Blueprint, abort, current_app, request
 
-from amplitude import MAX_EVENTS, PayloadError, read_events, summary, unpack_payload
+from amplitude import (
+    MAX_EVENTS,
+    PayloadError,
+    read_events,
+    summary,
+    trimmed,
+    unpack_payload,
+)
 from models import utcnow
 from personalization_system import current_system
 
@@ -74,7 +81,12 @@ def amplitude():
         skip_reason,
     )
     recorded = system.record_external(readable, received_at)
-    result = summary(recorded.processed, skipped + recorded.errors, recorded.duplicates)
+    result = summary(
+        recorded.processed,
+        skipped + recorded.errors,
+        recorded.duplicates,
+        trimmed(readable),
+    )
     log.info(
         "amplitude webhook: %d processed, %d skipped, %d duplicates",
         result["processed"],

@@ -100,6 +100,8 @@ class ExternalEvent:
     visitor_hint: str | None
     user_id: str | None
     device_id: str | None
+    # How many items the event named, before repeats and any past the cap went.
+    items_listed: int = 0
 
 
 class EventError(ValueError):

@@ -445,6 +445,27 @@ def test_impressions_are_stored_and_forwarded_as_one_event(database_url, catalog
     assert len(json.loads(outbox[0].impression)) == 3
 
 
+def test_one_event_cannot_flood_the_log_with_items(hook):
+    """74,000 items in one impression once stored 74,000 rows and skewed
+    popularity: repeats count once, 50 items at most, and the answer says so."""
+    with hook.app.app_context():
+        ids = list(db.session.scalars(select(Procedure.id).order_by(Procedure.id)))
+    shown = [f"procedure:{pid}" for pid in ids] * 1000  # 60,000, within 1 MB
+    event = click(event_type="initial_impression", uuid="flood")
+    event["event_properties"] = {"items_shown": shown}
+    repeats = click(event_type="scroll_impression", uuid="repeats")
+    repeats["event_properties"] = {"items_shown": ["procedure:botox"] * 3}
+    response = hook([event, repeats, click(uuid="plain")])
+    assert response.status_code == 200
+    body = response.get_json()
+    assert counts(response) == (3, 0, 0)
+    assert body["trimmed"] == [
+        {"index": 0, "listed": len(shown), "kept": 50},
+        {"index": 1, "listed": 3, "kept": 1},
+    ]
+    assert len(stored_interactions(hook.app)) == 50 + 1 + 1
+
+
 # De-duplication and nothing lost
 
 
