@@ -4,6 +4,7 @@ import logging
 import sys
 
 from flask import Flask, abort, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -89,6 +90,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.before_request(refuse_malformed_urls)
     app.after_request(set_visitor_cookie)
     app.after_request(set_security_headers)
+    app.after_request(keep_out_of_shared_caches)
+    app.session_interface = SessionInterface()
     return app
 
 
@@ -221,6 +224,25 @@ def set_security_headers(response):
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response
+
+
+def keep_out_of_shared_caches(response):
+    """Pages and JSON answers carry a visitor's interests, CSRF token and
+    cookies: no shared cache (a proxy, a CDN) may keep one and serve it to
+    someone else. Static files stay cacheable."""
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "private, no-store"
+        response.vary.add("Cookie")
+    return response
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, Secure whenever the request came over HTTPS
+    (directly, or through trusted proxies that say so: TRUSTED_PROXY_COUNT),
+    without having to set SESSION_COOKIE_SECURE for each deployment."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) or request.is_secure
 
 
 app = create_app()

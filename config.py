@@ -122,6 +122,9 @@ def settings_from_environment(instance_path: str) -> dict:
         # it back; None: on exactly when the webhook is configured (create_app).
         "AMPLITUDE_EXPOSE_VISITOR_ID": env_bool("AMPLITUDE_EXPOSE_VISITOR_ID", None),
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # A CSRF token lives as long as the session: a tab left open for hours
+        # keeps tracking (Flask-WTF's default, 1 h, silently stopped it).
+        "WTF_CSRF_TIME_LIMIT": None,
         # A ceiling for every request body; endpoints set tighter limits of their own.
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),

@@ -6,6 +6,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from app import create_app
+from helpers import app_config
 from models import Category, Doctor, Package, Procedure, UserInteraction, db, utcnow
 
 
@@ -220,6 +222,47 @@ def test_security_headers(client):
     response = client.get("/privacy")
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/procedures/botox", "/privacy", "/personalization/recommendations/doctors"],
+)
+def test_personal_answers_stay_out_of_shared_caches(catalog, browser, path):
+    """A proxy or CDN must never serve one visitor's interests (or CSRF token) to
+    another: pages and JSON are private and vary by cookie."""
+    response = browser.get(path)
+    assert response.headers["Cache-Control"] == "private, no-store"
+    assert "Cookie" in response.headers["Vary"]
+    static = browser.get("/static/css/site.css")
+    static.close()  # a file response: close it, or the file stays open
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+
+
+def cookie_header(response, name) -> str:
+    return next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(name))
+
+
+def test_cookies_are_secure_over_https(database_url, catalog):
+    """Behind TLS (or trusted proxies that say so) every cookie is Secure,
+    HttpOnly and SameSite=Lax, without a setting per deployment."""
+    direct = create_app(app_config(database_url)).test_client()
+    over_https = direct.get("/privacy", base_url="https://antidote.example")
+    proxied = (
+        create_app(app_config(database_url, TRUSTED_PROXY_COUNT=1))
+        .test_client()
+        .get("/privacy", headers={"X-Forwarded-Proto": "https"})
+    )
+    for response in (over_https, proxied):
+        for name in ("session=", "antidote_visitor="):
+            header = cookie_header(response, name)
+            assert "Secure" in header and "HttpOnly" in header, header
+            assert "SameSite=Lax" in header
+    plain = create_app(app_config(database_url)).test_client().get("/privacy")
+    assert "Secure" not in cookie_header(plain, "session=")
+    # Without a trusted proxy, a client cannot claim HTTPS.
+    forged = direct.get("/privacy", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" not in cookie_header(forged, "session=")
 
 
 def test_healthz_reports_the_database(client):

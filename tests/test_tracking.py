@@ -339,6 +339,21 @@ def test_tracking_without_the_csrf_token_is_refused(catalog):
     ] == []
 
 
+def test_a_tab_left_open_for_hours_keeps_tracking(catalog, browser, monkeypatch):
+    """The CSRF token lives as long as the session: Flask-WTF's default hour made
+    an open tab's tracker fail with 403, silently."""
+    from itsdangerous.timed import TimestampSigner
+
+    token = browser.csrf_token()
+    issued = TimestampSigner.get_timestamp
+    monkeypatch.setattr(
+        TimestampSigner, "get_timestamp", lambda self: issued(self) + 6 * 3600
+    )
+    assert browser.csrf_token() == token
+    response = browser.track({"interaction_type": "view", "target_type": "page"})
+    assert response.status_code == 202
+
+
 def test_tracking_is_rate_limited_per_visitor(database_url, catalog):
     app = create_app(app_config(database_url, TRACKING_RATE_LIMIT="3 per minute"))
     visitor = Browser(app)
