@@ -1,8 +1,10 @@
 """Database tables: the catalog (categories, procedures, doctors, packages) and the
 personalization log and affinities."""
 
+import hashlib
 import math
 import sqlite3
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -23,6 +25,7 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -424,6 +427,46 @@ def sql_days_since(column, now: datetime):
 def is_postgres(session) -> bool:
     """Tell whether a session talks to PostgreSQL (else SQLite)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+# Writers of more keys than this take one exclusive lock instead of one per key:
+# PostgreSQL's lock table is shared and small (max_locks_per_transaction).
+MANY_LOCK_KEYS = 32
+# The key every writer holds in shared mode, and a writer of many keys alone.
+ALL_KEYS = 0
+
+
+def lock_key(key: str) -> int:
+    """A stable 63-bit advisory-lock number for a key."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) + 1
+
+
+def lock_for_writing(session, keys: Iterable[str]) -> None:
+    """Hold, until the transaction ends, a lock other writers of the same keys
+    wait for, so what this transaction reads next includes their commits.
+
+    PostgreSQL: an advisory lock per key (in sorted order, so two writers never
+    deadlock), under a shared lock that a writer of many keys takes exclusively
+    instead. SQLite: the database's write lock, taken now (a no-op UPDATE)
+    rather than at the first insert; it serializes writers anyway.
+    """
+    keys = sorted({lock_key(key) for key in keys})
+    if not keys:
+        return
+    if not is_postgres(session):
+        session.execute(text("UPDATE item_popularity SET score = score WHERE 0 = 1"))
+        return
+    if len(keys) > MANY_LOCK_KEYS:
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ALL_KEYS})
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ALL_KEYS}
+    )
+    # unnest keeps the array's (sorted) order.
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) k"),
+        {"keys": keys},
+    )
 
 
 def dialect_insert(session, table):

@@ -10,7 +10,12 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from models import UserInteraction, WebhookEventKey, dialect_insert
+from models import (
+    UserInteraction,
+    WebhookEventKey,
+    dialect_insert,
+    lock_for_writing,
+)
 from personalization.events import (
     IMPRESSION_TYPES,
     EventError,
@@ -104,16 +109,21 @@ class Ingest:
         now = now or self.clock()
         # Page views name no item: no history to read for them.
         with_items = {e.visitor_id for e in entries if e.interaction.item}
+        # Whether this is a visitor's first time with an item (distinct-visitor
+        # counts, co-visitation) is read from their history: wait for their other
+        # requests in flight to commit first, or two would both count as the first.
+        lock_for_writing(self.session, with_items)
         seen = {
             visitor: {entry.item for entry in history}
             for visitor, history in self.profiles.histories(with_items, now).items()
         }
+        seen_categories = self.affinity.categories_of(with_items)
         self.session.execute(
             insert(UserInteraction), [log_row(entry, now) for entry in entries]
         )
         shares = self.category_shares(entries)
         self.affinity.add(entries, shares, now)
-        self.popularity.add(entries, shares, seen, now)
+        self.popularity.add(entries, shares, seen, seen_categories, now)
         self.covisitation.add(entries, seen)
         if self.outbox:
             self.outbox.queue(entries, now)

@@ -38,6 +38,10 @@ class Settings:
     popularity_cache_seconds: float = tunable(60.0, 0.0, None)
     # Popular items kept per kind (the longest fill a list gets).
     popular_list_size: int = tunable(200, 1, 10_000)
+    # Distinct visitors an item, a category or a pair of procedures needs before it
+    # counts for everyone ("popular", "also viewed"): one person's clicks never
+    # show in what others see.
+    min_visitors: int = tunable(5, 1, 10_000)
     # Share of co-visitation in the blended procedure score.
     covisitation_weight: float = tunable(0.4, 0.0, 1.0)
     # Weight of the visitor's own recent items in the blend.

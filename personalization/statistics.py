@@ -114,6 +114,19 @@ class Affinity:
             for category_id, score, updated in rows
         }
 
+    def categories_of(self, visitor_ids: set[str]) -> set[tuple[str, int]]:
+        """The (visitor, category) pairs these visitors have an interest score in."""
+        if not visitor_ids:
+            return set()
+        table = UserCategoryAffinity.__table__
+        return set(
+            self.session.execute(
+                select(table.c.user_id, table.c.category_id).where(
+                    table.c.user_id.in_(sorted(visitor_ids))
+                )
+            ).all()
+        )
+
     def add(
         self,
         entries: list[VisitorInteraction],
@@ -238,15 +251,15 @@ class Popularity:
             return cached[1]
         model = MODELS[kind]
         table = ItemPopularity.__table__
-        score = func.coalesce(
-            sql_decayed(
-                table.c.score,
-                table.c.last_updated,
-                self.settings.popularity_decay_rate,
-                self.clock(),
-            ),
-            0.0,
+        decayed_score = sql_decayed(
+            table.c.score,
+            table.c.last_updated,
+            self.settings.popularity_decay_rate,
+            self.clock(),
         )
+        # Below the crowd threshold an item's popularity is nobody's business.
+        crowd = table.c.visitors >= self.settings.min_visitors
+        score = func.coalesce(case((crowd, decayed_score), else_=0.0), 0.0)
         statement = (
             select(model.id, score)
             .outerjoin(
@@ -276,12 +289,15 @@ class Popularity:
         entries: list[VisitorInteraction],
         shares: list[dict[int, float]],
         seen: Mapping[str, set[ItemKey]],
+        seen_categories: set[tuple[str, int]],
         now: datetime,
     ) -> None:
         """Raise the decayed popularity of each item, and count new visitors.
 
-        `seen` holds each visitor's recent items: a visitor counts once per item.
-        Categories gain the same shares as affinities; searches count for nothing.
+        `seen` holds each visitor's recent items and `seen_categories` the
+        categories they already have an interest in: a visitor counts once per
+        item and per category. Categories gain the same shares as affinities;
+        searches count for nothing.
         """
         rate = self.settings.popularity_decay_rate
         gains: dict[ItemKey, float] = defaultdict(float)
@@ -298,7 +314,10 @@ class Popularity:
                 if item not in seen.get(entry.visitor_id, ()):
                     newcomers[item].add(entry.visitor_id)
             for category_id, share in entry_shares.items():
-                gains[ItemKey("category", category_id)] += weight * share
+                category = ItemKey("category", category_id)
+                gains[category] += weight * share
+                if (entry.visitor_id, category_id) not in seen_categories:
+                    newcomers[category].add(entry.visitor_id)
         if not gains:
             return
         table = ItemPopularity.__table__
@@ -357,7 +376,7 @@ class Popularity:
                 literal("category", String),
                 shares.c.category_id,
                 greatest(func.sum(weight * shares.c.share), 0.0),
-                literal(0),
+                func.count(func.distinct(log.c.user_id)),
                 sql_time(now),
             )
             .select_from(with_category_shares(log, shares))
@@ -463,7 +482,11 @@ class CoVisitation:
             return {}
         rows = self.session.execute(
             self._neighbours(),
-            {"seeds": list(seeds), "per_seed": self.settings.covisitation_neighbours},
+            {
+                "seeds": list(seeds),
+                "per_seed": self.settings.covisitation_neighbours,
+                "min_visitors": self.settings.min_visitors,
+            },
         )
         decay = self.settings.seed_recency_decay
         seed_weight = {seed: decay**i for i, seed in enumerate(seeds)}
@@ -488,7 +511,11 @@ class CoVisitation:
         )
         nearest = (
             select(pairs.c.procedure_id, pairs.c.other_id, pairs.c.visitors, rank)
-            .where(pairs.c.procedure_id.in_(bindparam("seeds", expanding=True)))
+            .where(
+                pairs.c.procedure_id.in_(bindparam("seeds", expanding=True)),
+                # A pair seen by fewer people would reveal what one of them viewed.
+                pairs.c.visitors >= bindparam("min_visitors"),
+            )
             .subquery()
         )
         seed_stats = ItemPopularity.__table__.alias("seed_stats")

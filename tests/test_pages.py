@@ -47,7 +47,8 @@ def test_home_orders_sections_by_recent_popularity(client, catalog):
         ).one()
         doctor = db.session.scalars(select(Doctor).order_by(Doctor.rating)).first()
         now = utcnow()
-        visits = [("procedure", rhinoplasty.id)] * 3 + [("doctor", doctor.id)] * 2
+        # Five visitors each: fewer would not count (MIN_VISITORS).
+        visits = [("procedure", rhinoplasty.id)] * 6 + [("doctor", doctor.id)] * 5
         for index, (target_type, target_id) in enumerate(visits):
             db.session.add(
                 UserInteraction(

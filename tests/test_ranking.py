@@ -138,9 +138,10 @@ def test_covisitation_recommends_what_similar_visitors_viewed(catalog):
         catalog_id(catalog, Procedure, slug)
         for slug in ("botox", "rhinoplasty", "laser-hair-removal")
     )
-    for visitor in ("a", "b", "c"):
+    for visitor in "abcdefg":
         record(catalog, visitor * 32, *views(botox, rhinoplasty))
-    record(catalog, "d" * 32, *views(botox, laser))
+    for visitor in "hijkl":  # five: the fewest a pair needs (MIN_VISITORS)
+        record(catalog, visitor * 32, *views(botox, laser))
     record(catalog, "new".ljust(32, "x"), *views(botox))
     with catalog.app_context():
         engine = engine_of(catalog)
@@ -158,11 +159,11 @@ def test_covisitation_is_normalized_so_blockbusters_do_not_dominate(catalog):
         catalog_id(catalog, Procedure, slug)
         for slug in ("botox", "otoplasty", "laser-hair-removal")
     )
-    # Botox and the niche procedure share their 3 visitors; the blockbuster shares
-    # 4 of Botox's visitors but is seen by 40 others.
-    for i in range(3):
+    # Botox and the niche procedure share their 5 visitors; the blockbuster shares
+    # 6 of Botox's visitors but is seen by 40 others.
+    for i in range(5):
         record(catalog, f"niche{i}".ljust(32, "x"), *views(botox, niche))
-    for i in range(4):
+    for i in range(6):
         record(catalog, f"both{i}".ljust(32, "x"), *views(botox, blockbuster))
     for i in range(40):
         record(catalog, f"crowd{i}".ljust(32, "x"), *views(blockbuster))

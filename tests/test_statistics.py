@@ -1,6 +1,7 @@
 """Each statistic's two versions, fed the same events: the Python rule applied as
 interactions arrive, and its SQL twin that rebuilds from the log."""
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -77,7 +78,7 @@ def test_incremental_statistics_match_a_full_refresh(catalog):
                 if r.target_type != "category"
             }
             categories = {
-                r.target_id: round(r.score, 4)
+                r.target_id: (round(r.score, 4), r.visitors)
                 for r in db.session.scalars(select(ItemPopularity))
                 if r.target_type == "category"
             }
@@ -189,3 +190,84 @@ def test_category_shares_agree_in_python_and_sql(catalog):
     for key, split in in_python.items():
         assert in_sql[key] == pytest.approx(split)
     assert any(len(split) > 1 for split in in_python.values())
+
+
+# One person's browsing never shows in what everyone sees
+
+
+def anonymous_order(app, kind: str) -> list[int]:
+    with app.app_context():
+        ranking = system_of(app).recommend(kind, None, 60)
+        return [entry.item.id for entry in ranking]
+
+
+def test_one_persons_clicks_never_reorder_popular_for_everyone(catalog):
+    """Below MIN_VISITORS (5) distinct visitors an item or a category counts for
+    nothing in what others see, however often one person clicks it."""
+    niche = catalog_id(catalog, Procedure, "otoplasty")
+    category = catalog_id(catalog, Category, "hair-restoration")
+    before = anonymous_order(catalog, "procedure"), anonymous_order(catalog, "category")
+    for visitor in ("one", "two", "three", "four"):
+        for _ in range(5):
+            record(
+                catalog,
+                visitor.ljust(32, "x"),
+                Interaction("form_submit", ItemKey("procedure", niche)),
+                Interaction("form_submit", ItemKey("category", category)),
+            )
+        system_of(catalog).popularity.clear_cache()
+        after = (
+            anonymous_order(catalog, "procedure"),
+            anonymous_order(catalog, "category"),
+        )
+        assert after == before, f"{visitor} visitors moved the popular lists"
+    record(catalog, "five".ljust(32, "x"), *views(niche))
+    record(
+        catalog,
+        "five".ljust(32, "x"),
+        Interaction("click", ItemKey("category", category)),
+    )
+    system_of(catalog).popularity.clear_cache()
+    assert anonymous_order(catalog, "procedure")[0] == niche
+    assert anonymous_order(catalog, "category")[0] == category
+
+
+def test_a_pair_seen_by_a_few_people_is_nobodys_also_viewed(catalog):
+    botox, niche = (catalog_id(catalog, Procedure, s) for s in ("botox", "otoplasty"))
+    for i in range(4):
+        record(catalog, f"pair{i}".ljust(32, "x"), *views(botox, niche))
+    with catalog.app_context():
+        assert niche not in system_of(catalog).covisitation.neighbours([botox])
+    record(catalog, "pair4".ljust(32, "x"), *views(botox, niche))
+    with catalog.app_context():
+        assert niche in system_of(catalog).covisitation.neighbours([botox])
+
+
+def test_a_visitors_parallel_requests_count_them_once(catalog):
+    """Eight tabs of one visitor open the same procedure at once: one distinct
+    visitor, not up to eight (which would also fake a crowd)."""
+    niche = catalog_id(catalog, Procedure, "otoplasty")
+    visitor = "tabs".ljust(32, "x")
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def open_tab():
+        try:
+            with catalog.app_context():
+                barrier.wait()
+                system_of(catalog).record_interactions(visitor, "s", views(niche))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_tab) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with catalog.app_context():
+        category_id = db.session.get(Procedure, niche).category_id
+        procedure = db.session.get(ItemPopularity, ("procedure", niche))
+        category = db.session.get(ItemPopularity, ("category", category_id))
+        assert (procedure.visitors, category.visitors) == (1, 1)
+        assert procedure.score == pytest.approx(0.8, rel=1e-3)  # every view counts
