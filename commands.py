@@ -98,10 +98,10 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
     verb = "Would delete" if dry_run else "Deleted"
     click.echo(
         f"{verb} {summary['interactions']} interactions older than {days} days, "
-        f"{summary['affinities']} affinities below "
-        f"{system.settings.affinity_floor} and "
-        f"{summary['delivered events']} delivered Personalize events and "
-        f"{summary['webhook keys']} expired webhook keys "
+        f"{summary['affinities']} affinities faded below "
+        f"{system.settings.affinity_floor} or idle as long, "
+        f"{summary['Personalize events']} Personalize events (sent, waiting or "
+        f"refused) and {summary['webhook keys']} expired webhook keys "
         f"in {time.monotonic() - started:.2f}s."
     )
 

@@ -35,8 +35,15 @@ class Retention:
         self.affinity = affinity
 
     def tasks(self, days: int, now: datetime) -> list[RetentionTask]:
-        """Everything the cleanup removes, for interactions older than `days`."""
+        """Everything the cleanup removes: every table that holds visitor data,
+        on one schedule (`days`, INTERACTION_RETENTION_DAYS by default).
+
+        tests/test_cleanup.py fails when a table with a visitor column is added
+        without a task here.
+        """
         cutoff = now - timedelta(days=days)
+        affinity = UserCategoryAffinity.__table__
+        outbox = PersonalizeOutbox.__table__
         return [
             RetentionTask(
                 "interactions",
@@ -45,20 +52,31 @@ class Retention:
                 .where(UserInteraction.timestamp < cutoff)
                 .order_by(UserInteraction.id),
             ),
-            RetentionTask("affinities", UserCategoryAffinity, self.affinity.faded(now)),
+            # Faded below the floor, or not fed by any interaction still kept.
             RetentionTask(
-                "delivered events",
+                "affinities",
+                UserCategoryAffinity,
+                select(affinity.c.id)
+                .where(
+                    self.affinity.has_faded(now) | (affinity.c.last_updated < cutoff)
+                )
+                .order_by(affinity.c.id),
+            ),
+            # Delivered, waiting or refused for good: past the period, all go.
+            RetentionTask(
+                "Personalize events",
                 PersonalizeOutbox,
-                select(PersonalizeOutbox.id)
-                .where(PersonalizeOutbox.sent_at < cutoff)
-                .order_by(PersonalizeOutbox.id),
+                select(outbox.c.id)
+                .where((outbox.c.occurred_at < cutoff) | (outbox.c.sent_at < cutoff))
+                .order_by(outbox.c.id),
             ),
             RetentionTask(
                 "webhook keys",
                 WebhookEventKey,
                 select(WebhookEventKey.key_hash)
                 .where(
-                    WebhookEventKey.received_at < now - timedelta(days=WEBHOOK_KEY_DAYS)
+                    WebhookEventKey.received_at
+                    < now - timedelta(days=min(days, WEBHOOK_KEY_DAYS))
                 )
                 .order_by(WebhookEventKey.key_hash),
             ),

@@ -214,8 +214,9 @@ class Affinity:
             )
         )
 
-    def faded(self, now: datetime):
-        """Select the ids of affinities whose decayed score fell below the floor."""
+    def has_faded(self, now: datetime):
+        """A condition on the affinity table: the decayed score fell below the
+        floor, where it no longer counts for anything."""
         table = UserCategoryAffinity.__table__
         score = sql_decayed(
             table.c.affinity_score,
@@ -223,11 +224,7 @@ class Affinity:
             self.settings.affinity_decay_rate,
             now,
         )
-        return (
-            select(table.c.id)
-            .where(score < self.settings.affinity_floor)
-            .order_by(table.c.id)
-        )
+        return score < self.settings.affinity_floor
 
 
 class Popularity:

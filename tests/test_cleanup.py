@@ -125,3 +125,99 @@ def test_bad_options_and_failures_exit_non_zero(history, runner, tmp_path):
     result = unmigrated.test_cli_runner().invoke(args=["personalization", "cleanup"])
     assert result.exit_code == 1
     assert "cleanup failed" in result.output
+
+
+# Every table with visitor data, on one schedule
+
+
+def add_everything_once(app, age_in_days: float) -> None:
+    """One row of every table holding visitor data, `age_in_days` old."""
+    from models import PersonalizeOutbox, WebhookEventKey
+
+    then = utcnow() - timedelta(days=age_in_days)
+    tag = f"{age_in_days:g}"
+    category = catalog_id(app, Category, "injectables")
+    with app.app_context():
+        db.session.add(
+            UserInteraction(
+                user_id=f"v{tag}",
+                session_id="s",
+                interaction_type="view",
+                target_type="page",
+                timestamp=then,
+            )
+        )
+        # Full strength: it has not faded, only nothing has fed it for that long.
+        db.session.add(
+            UserCategoryAffinity(
+                user_id=f"v{tag}",
+                category_id=category,
+                affinity_score=1.0,
+                last_updated=then,
+            )
+        )
+        for state, sent_at, attempts in (
+            ("sent", then, 0),
+            ("waiting", None, 0),
+            ("refused", None, 10),
+        ):
+            db.session.add(
+                PersonalizeOutbox(
+                    user_id=f"v{tag}",
+                    session_id=state,
+                    event_type="view",
+                    item_id="procedure:1",
+                    event_value=0.1,
+                    occurred_at=then,
+                    sent_at=sent_at,
+                    attempts=attempts,
+                )
+            )
+        db.session.add(
+            WebhookEventKey(key_hash=f"k{tag}".ljust(64, "0"), received_at=then)
+        )
+        db.session.commit()
+
+
+def rows_by_table(app) -> dict[str, int]:
+    with app.app_context():
+        return {
+            table.name: db.session.scalar(select(func.count()).select_from(table))
+            for table in VISITOR_DATA_TABLES
+        }
+
+
+def visitor_data_tables():
+    """Tables holding a visitor id or derived from one (webhook event keys)."""
+    from models import WebhookEventKey
+
+    tables = [t for t in db.metadata.sorted_tables if "user_id" in t.c]
+    return tables + [WebhookEventKey.__table__]
+
+
+VISITOR_DATA_TABLES = visitor_data_tables()
+
+
+def test_every_table_with_visitor_data_has_a_retention_task(catalog):
+    """A table added later with a visitor column fails here until cleanup covers
+    it."""
+    with catalog.app_context():
+        tasks = catalog.extensions["personalization"].retention_tasks(90, utcnow())
+    covered = {task.model.__table__.name for task in tasks}
+    assert {table.name for table in VISITOR_DATA_TABLES} <= covered
+
+
+def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, catalog):
+    # Interest that barely fades: only its age can remove it.
+    app = create_app(app_config(database_url, AFFINITY_DECAY_RATE=0.999))
+    add_everything_once(app, 120)  # past the 90 days
+    add_everything_once(app, 3)  # within them (and within 7 days for keys)
+    assert set(rows_by_table(app).values()) >= {2, 6}
+    result = app.test_cli_runner().invoke(args=["personalization", "cleanup"])
+    assert result.exit_code == 0, result.output
+    assert rows_by_table(app) == {
+        "user_interactions": 1,
+        "user_category_affinity": 1,
+        "personalize_outbox": 3,  # the 3-day-old rows, whatever their state
+        "webhook_event_keys": 1,
+    }
