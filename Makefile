@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
-WORKERS ?= 4
+# Empty: one gevent worker per core (gunicorn.conf.py).
+WORKERS ?=
 FLASK := $(BIN)/flask --app app
 
 .PHONY: run serve test bench lint format install install-dev migrate seed clean
@@ -35,10 +36,10 @@ seed: migrate
 run: seed
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
-## serve: production server (gunicorn, $(WORKERS) sync workers) on DATABASE_URL
+## serve: production server on DATABASE_URL: gunicorn as gunicorn.conf.py sets it up
+## (gevent workers, one per core, a private access log)
 serve: migrate
-	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) \
-		--access-logfile - app:app
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) $(if $(WORKERS),--workers $(WORKERS)) app:app
 
 ## test: lint and the whole suite (SQLite always; PostgreSQL when reachable)
 test: install-dev
@@ -52,6 +53,7 @@ bench: install-dev
 	$(BIN)/python bench/ranking_latency.py --write BENCHMARKS.md
 	$(BIN)/python bench/webhook_ingest.py --write BENCHMARKS.md
 	$(BIN)/python bench/http_load.py --write BENCHMARKS.md
+	$(BIN)/python bench/serving.py --write BENCHMARKS.md
 	$(BIN)/python bench/cleanup_stall.py --write BENCHMARKS.md
 	$(BIN)/python bench/evaluate_public.py --write BENCHMARKS.md
 

@@ -1,7 +1,7 @@
 """This checkout against another git revision, in the same run:
 
 - throughput of the personalized home page, a procedure page and tracking
-  batches, each served by gunicorn (2 sync workers) from both trees in turn, on
+  batches, each served by gunicorn (2 workers, as each tree configures it) in turn, on
   one database, with wrk (16 connections, 127.0.0.1 only);
 - CPU time per page request in process (bench/request_cpu.py);
 - with --instructions, instructions per page request counted by valgrind: the
@@ -221,7 +221,7 @@ def markdown(
     lines = [
         f"Command: `.venv/bin/python bench/compare_revisions.py --baseline {revision} "
         f"--rounds {rounds} --seconds {seconds}{flag} --write BENCHMARKS.md` "
-        f"(gunicorn, 2 sync workers; wrk -t2 -c16 -d{seconds}s; the two trees "
+        f"(gunicorn, 2 workers; wrk -t2 -c16 -d{seconds}s; the two trees "
         f"served in turn, {rounds} rounds, which goes first alternating). Ratio: "
         "this checkout's figure over the baseline's, median of the rounds' ratios "
         "(req/s: higher is better).",

@@ -1,6 +1,6 @@
-"""HTTP benchmarks under gunicorn (2 sync workers) with wrk (16 connections, 127.0.0.1
-only, bounded in time), on SQLite and PostgreSQL, each against a baseline in the
-same run:
+"""HTTP benchmarks under gunicorn as `make serve` runs it (gunicorn.conf.py) with 2
+workers, and wrk (16 connections, 127.0.0.1 only, bounded in time), on SQLite and
+PostgreSQL, each against a baseline in the same run:
 
 - page cost of personalization: the home page for a visitor with history, versus
   the same page with PERSONALIZATION_ENABLED=false;
@@ -270,9 +270,10 @@ def run(kind: str, seconds: int) -> dict:
 
 def markdown(results: list[dict], seconds: int) -> str:
     lines = [
-        "Command: `.venv/bin/python bench/http_load.py` (gunicorn, 2 sync workers; wrk "
-        f"-t2 -c{CONNECTIONS} -d{seconds}s on 127.0.0.1; load generator on the same 2 "
-        "cores). Visitor with history: 6 clicks, 10k background interactions.",
+        "Command: `.venv/bin/python bench/http_load.py` (gunicorn.conf.py, 2 "
+        f"workers; wrk -t2 -c{CONNECTIONS} -d{seconds}s on 127.0.0.1; load "
+        "generator on the same 2 cores). Visitor with history: 6 clicks, 10k "
+        "background interactions.",
         "",
         "| database | measure | value | baseline (same run) | ratio |",
         "|---|---|---|---|---|",

@@ -313,18 +313,14 @@ def seeded_site(database_url: str, workers: int = 2, **settings: str):
         yield server
 
 
-def gunicorn_command(port: int, workers: int = 2) -> list[str]:
-    """The production server command, as `make serve` runs it, on a test port."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        str(workers),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "app:app",
-    ]
+def gunicorn_command(port: int, workers: int | None = 2) -> list[str]:
+    """The production server command, as `make serve` runs it (gunicorn reads
+    gunicorn.conf.py from the project folder), on a test port. `workers` None:
+    the configuration's own count, one per core."""
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+    if workers:
+        command += ["--workers", str(workers)]
+    return [*command, "app:app"]
 
 
 def shared_data(*parts: str):

@@ -1,7 +1,11 @@
 """Real servers start and serve the seeded site, as `make run` and `make serve` do."""
 
 import os
+import socket
 import sys
+import threading
+import time
+import urllib.request
 from contextlib import ExitStack
 
 import pytest
@@ -66,3 +70,73 @@ def test_gunicorn_serves_with_several_workers(serve, catalog, database_url, free
         status, html = fetch(base + "/")
         assert status == 200
         assert 'id="doctors"' in html
+
+
+def slow_clients(port: int, count: int) -> tuple[list, threading.Event]:
+    """Open `count` connections that send a request's headers a byte every second
+    and never finish (slowloris); return them and the event that stops them."""
+    stop = threading.Event()
+    sockets = []
+
+    def trickle(sock):
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: antidote\r\n")
+            while not stop.wait(1):
+                sock.sendall(b"X")
+        except OSError:
+            pass  # the server hung up on it: fine
+
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sockets.append(sock)
+        threading.Thread(target=trickle, args=(sock,), daemon=True).start()
+    return sockets, stop
+
+
+def test_fifty_slow_clients_do_not_stop_the_site(
+    serve, catalog, database_url, free_port
+):
+    """`make serve`'s arrangement: connections that never finish their headers
+    (four of them stopped four sync workers) cost nothing while pages answer."""
+    base = f"http://127.0.0.1:{free_port}"
+    serve(
+        gunicorn_command(free_port, workers=None),
+        server_env(database_url),
+        base + "/healthz",
+    )
+    sockets, stop = slow_clients(free_port, 50)
+    try:
+        time.sleep(2)  # every slow client connected and trickling
+        for path in ("/", "/procedures/botox", "/search?q=botox", "/healthz"):
+            started = time.monotonic()
+            status, _ = fetch(base + path)
+            assert status == 200
+            assert time.monotonic() - started < 1.0, path
+    finally:
+        stop.set()
+        for sock in sockets:
+            sock.close()
+
+
+def test_the_access_log_keeps_no_query_and_no_full_address(
+    serve, catalog, database_url, free_port
+):
+    """Searches are interests (health data): the production access log records
+    the path without its query, no referrer or user agent, and the address cut
+    to its network."""
+    base = f"http://127.0.0.1:{free_port}"
+    server = serve(
+        gunicorn_command(free_port), server_env(database_url), base + "/healthz"
+    )
+    request = urllib.request.Request(
+        base + "/search?q=lip%20filler%20secret",
+        headers={"User-Agent": "Agent-Secret/1.0", "Referer": base + "/?q=referred"},
+    )
+    urllib.request.urlopen(request, timeout=5).read()
+    deadline = time.monotonic() + 5
+    while '"GET /search"' not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = server.output()
+    assert "127.0.0.0 [" in log and '"GET /search" 200' in log
+    for secret in ("lip", "filler", "secret", "Agent-Secret", "referred", "127.0.0.1 "):
+        assert secret not in log.split("Booting worker")[-1], secret
