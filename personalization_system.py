@@ -35,6 +35,7 @@ from personalization.identity import Identity
 from personalization.ingest import ExternalResult, Ingest, log_row
 from personalization.items import Items
 from personalization.outbox import Outbox
+from personalization.privacy import Privacy
 from personalization.profiles import Profiles
 from personalization.ranking import Ranking, Sections
 from personalization.recommenders import PersonalizeAdapter, build_recommenders
@@ -86,6 +87,7 @@ class PersonalizationSystem:
             clock,
         )
         self.retention = Retention(session, self.affinity)
+        self.privacy = Privacy(session, settings, self.items)
         self.clock = clock
 
     @contextmanager
@@ -222,10 +224,26 @@ class PersonalizationSystem:
                 return
             yield deleted
 
-    def forget_visitor(self, visitor_ids: Iterable[str]) -> dict[str, int]:
-        """Erase everything stored under these visitor ids; say what went."""
+    # One visitor's own data (privacy page, "download my data", "forget me")
+
+    def visitor_summary(self, visitor_id: str) -> dict:
+        """How much is stored about a visitor, and their strongest interests."""
+        try:
+            return self.privacy.summary(visitor_id)
+        finally:
+            self.session.rollback()  # end the read transaction
+
+    def visitor_data(self, visitor_id: str) -> dict:
+        """Everything stored about a visitor, for them to download."""
+        try:
+            return self.privacy.download(visitor_id, self.clock())
+        finally:
+            self.session.rollback()
+
+    def forget_visitor(self, visitor_id: str) -> dict[str, int]:
+        """Erase everything stored under this visitor id; say what went."""
         with self.transaction():
-            return self.retention.forget(set(visitor_ids))
+            return self.privacy.forget(visitor_id)
 
     def export_datasets(self, output_dir: Path) -> dict[str, int]:
         """Write the Personalize dataset files; rows written per file."""

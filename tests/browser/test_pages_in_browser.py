@@ -56,9 +56,12 @@ def test_privacy_forms_work_without_javascript(site, no_js_page):
     page.goto(site.url("/procedures/botox"))
     assert site.query("SELECT count(*) FROM user_interactions")[0][0] == 1
     page.goto(site.url("/privacy"))
-    page.get_by_role("button", name="Forget me").click()
+    page.get_by_role("link", name="Forget me").click()
     page.wait_for_load_state()
-    assert "Deleted 1 recorded interactions" in page.locator("main").inner_text()
+    assert "This deletes 1 recorded interaction" in page.locator("main").inner_text()
+    page.get_by_role("button", name="Yes, delete everything").click()
+    page.wait_for_load_state()
+    assert "Deleted 1 recorded interaction and" in page.locator("main").inner_text()
     assert site.query("SELECT count(*) FROM user_interactions") == [(0,)]
     page.get_by_role("button", name="Turn personalization off").click()
     page.wait_for_load_state()

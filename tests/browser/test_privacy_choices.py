@@ -97,7 +97,8 @@ def test_forget_me_empties_the_history(site, page):
     [(visitor,)] = site.query("SELECT DISTINCT user_id FROM user_interactions")
 
     page.goto(site.url("/privacy"))
-    page.get_by_role("button", name="Forget me").click()
+    page.get_by_role("link", name="Forget me").click()  # asks first
+    page.get_by_role("button", name="Yes, delete everything").click()
     page.wait_for_load_state()
     assert "Deleted" in page.locator("main").inner_text()
     assert site.query(

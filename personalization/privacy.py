@@ -1,0 +1,144 @@
+"""What one visitor can see of their data and erase: "download my data" (GDPR
+articles 15 and 20) and "forget me" (article 17), for the visitor their own
+cookie names, never anyone else."""
+
+import json
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+
+from models import (
+    Category,
+    PersonalizeOutbox,
+    UserCategoryAffinity,
+    UserInteraction,
+    as_utc,
+    utcnow,
+)
+from personalization.events import ItemKey
+from personalization.items import Items
+from personalization.settings import Settings
+from personalization.statistics import decayed
+
+
+class Privacy:
+    def __init__(self, session, settings: Settings, items: Items):
+        self.session = session
+        self.settings = settings
+        self.items = items
+
+    def summary(self, visitor_id: str) -> dict:
+        """How much is stored about a visitor, and their strongest interests."""
+        interactions = self.session.scalar(
+            select(func.count()).where(UserInteraction.user_id == visitor_id)
+        )
+        interests = [row["category"] for row in self.interests(visitor_id)[:3]]
+        return {"interactions": interactions, "interests": interests}
+
+    def interests(self, visitor_id: str, now: datetime | None = None) -> list[dict]:
+        """The visitor's interest per category, decayed to now, strongest first."""
+        rows = self.session.execute(
+            select(
+                Category.name,
+                UserCategoryAffinity.affinity_score,
+                UserCategoryAffinity.last_updated,
+            )
+            .join(Category, Category.id == UserCategoryAffinity.category_id)
+            .where(UserCategoryAffinity.user_id == visitor_id)
+        ).all()
+        now = now or utcnow()
+        rate = self.settings.affinity_decay_rate
+        found = [
+            {
+                "category": name,
+                "score": round(decayed(score, updated, now, rate), 4),
+                "last_updated": as_utc(updated).isoformat(),
+            }
+            for name, score, updated in rows
+        ]
+        return sorted(found, key=lambda row: (-row["score"], row["category"]))
+
+    def download(self, visitor_id: str, now: datetime) -> dict:
+        """Everything stored about the visitor, in plain words: interests, every
+        interaction still kept, events still waiting for AWS Personalize."""
+        log = UserInteraction
+        rows = self.session.execute(
+            select(
+                log.interaction_type,
+                log.target_type,
+                log.target_id,
+                log.extra_data,
+                log.timestamp,
+            )
+            .where(log.user_id == visitor_id)
+            .order_by(log.timestamp, log.id)
+        ).all()
+        names = self.item_names(
+            ItemKey(kind, item_id) for _, kind, item_id, _, _ in rows if item_id
+        )
+        outbox = self.session.execute(
+            select(
+                PersonalizeOutbox.event_type,
+                PersonalizeOutbox.item_id,
+                PersonalizeOutbox.occurred_at,
+            )
+            .where(
+                PersonalizeOutbox.user_id == visitor_id,
+                PersonalizeOutbox.sent_at.is_(None),
+            )
+            .order_by(PersonalizeOutbox.id)
+        ).all()
+        return {
+            "visitor_id": visitor_id,
+            "exported_at": now.isoformat(),
+            "retention_days": self.settings.interaction_retention_days,
+            "interests": self.interests(visitor_id, now),
+            "interactions": [
+                {
+                    "type": interaction_type,
+                    "item": {
+                        "kind": kind,
+                        "id": item_id,
+                        "name": names.get(ItemKey(kind, item_id)),
+                    }
+                    if item_id
+                    else None,
+                    "details": json.loads(extra) if extra else None,
+                    "at": as_utc(stamp).isoformat(),
+                }
+                for interaction_type, kind, item_id, extra, stamp in rows
+            ],
+            "waiting_for_aws_personalize": [
+                {"type": kind, "item": item, "at": as_utc(stamp).isoformat()}
+                for kind, item, stamp in outbox
+            ],
+        }
+
+    def item_names(self, keys) -> dict[ItemKey, str]:
+        """The catalog names of these items (deleted ones have none)."""
+        by_kind: dict[str, set[int]] = {}
+        for key in keys:
+            by_kind.setdefault(key.kind, set()).add(key.id)
+        return {
+            ItemKey(kind, item_id): item.name
+            for kind, ids in by_kind.items()
+            for item_id, item in self.items.load(kind, ids).items()
+        }
+
+    def forget(self, visitor_id: str) -> dict[str, int]:
+        """Delete every interaction and affinity of the visitor; count them.
+
+        Events still waiting for Personalize go too: erasure reaches the outbox.
+        """
+        interactions = self.session.execute(
+            delete(UserInteraction).where(UserInteraction.user_id == visitor_id)
+        ).rowcount
+        affinities = self.session.execute(
+            delete(UserCategoryAffinity).where(
+                UserCategoryAffinity.user_id == visitor_id
+            )
+        ).rowcount
+        self.session.execute(
+            delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id == visitor_id)
+        )
+        return {"interactions": interactions, "affinities": affinities}
