@@ -182,27 +182,24 @@ def search():
     return render_template("search.html", results=results)
 
 
-NOTHING_STORED = {"interactions": 0, "interests": []}
+def stored_about_this_browser() -> dict:
+    """How much is stored about the visitor this browser's cookie names."""
+    visitor_id = visitor_id_from_cookie()
+    if not visitor_id:
+        return {"interactions": 0, "interests": []}
+    return current_system().visitor_summary(visitor_id)
 
 
 @web.get("/privacy")
 def privacy():
     # Not logged: reading how we treat data should not create any.
-    visitor_id = visitor_id_from_cookie()
-    stored = (
-        current_system().visitor_summary(visitor_id) if visitor_id else NOTHING_STORED
-    )
-    return render_template("privacy.html", stored=stored)
+    return render_template("privacy.html", stored=stored_about_this_browser())
 
 
 @web.get("/privacy/forget")
 def confirm_forget():
     """Ask before erasing: the form on this page posts to /personalization/forget."""
-    visitor_id = visitor_id_from_cookie()
-    stored = (
-        current_system().visitor_summary(visitor_id) if visitor_id else NOTHING_STORED
-    )
-    return render_template("forget.html", stored=stored)
+    return render_template("forget.html", stored=stored_about_this_browser())
 
 
 @web.get("/privacy/download")
