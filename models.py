@@ -457,15 +457,16 @@ def lock_for_writing(session, keys: Iterable[str]) -> None:
         session.execute(text("UPDATE item_popularity SET score = score WHERE 0 = 1"))
         return
     if len(keys) > MANY_LOCK_KEYS:
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ALL_KEYS})
+        session.execute(text("SELECT pg_advisory_xact_lock(:all)"), {"all": ALL_KEYS})
         return
+    # One round trip: the shared lock (re-entrant), then each key's, in the
+    # array's sorted order.
     session.execute(
-        text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ALL_KEYS}
-    )
-    # unnest keeps the array's (sorted) order.
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) k"),
-        {"keys": keys},
+        text(
+            "SELECT pg_advisory_xact_lock_shared(:all), pg_advisory_xact_lock(k) "
+            "FROM unnest(CAST(:keys AS bigint[])) k"
+        ),
+        {"all": ALL_KEYS, "keys": keys},
     )
 
 

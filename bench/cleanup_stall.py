@@ -95,6 +95,7 @@ def run(kind: str, rows: int, expired: int) -> dict:
             "DATABASE_URL": url,
             "SECRET_KEY": SECRET,
             "TRACKING_RATE_LIMIT": "100000000 per minute",
+            "TRACKING_RATE_LIMIT_PER_ADDRESS": "100000000 per minute",
         }
         server = Server(gunicorn(), env)
         try:

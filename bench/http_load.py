@@ -138,12 +138,23 @@ def wrk(url: str, seconds: int, script: str | None = None, headers=()) -> dict:
     }
 
 
-def post_script(path: str, body: str, headers: dict) -> str:
-    """A wrk Lua script that POSTs the same JSON body."""
+def post_script(path: str, body: str, headers: dict, cookies=()) -> str:
+    """A wrk Lua script that POSTs the same JSON body; with `cookies`, each
+    request carries the next of them, in turn."""
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
     lines += [
         f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()
     ]
+    if cookies:
+        lines += [
+            "cookies = {" + ", ".join(json.dumps(c) for c in cookies) + "}",
+            "counter = 0",
+            "request = function()",
+            "  counter = counter + 1",
+            '  wrk.headers["Cookie"] = cookies[(counter % #cookies) + 1]',
+            "  return wrk.format()",
+            "end",
+        ]
     handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     handle.write("\n".join(lines) + "\n")
     handle.close()
@@ -197,17 +208,24 @@ def click_batch(procedures: list[int]) -> dict:
     }
 
 
-def tracking_script(base: str, cookie: str, procedures: list[int]) -> str:
-    """A wrk script posting click batches as one visitor, with their CSRF token."""
-    token, session = csrf_session(base, cookie)
+# Tracking load comes from this many visitors in turn, as a site's does.
+TRACKING_VISITORS = 100
+
+
+def tracking_script(base: str, procedures: list[int]) -> str:
+    """A wrk script posting click batches from TRACKING_VISITORS visitors in turn.
+    They share one session (and so one CSRF token); each has its own cookie."""
+    serializer = URLSafeSerializer(SECRET, salt="visitor-id")
+    cookies = [
+        "antidote_visitor=" + serializer.dumps(f"{i:032x}")
+        for i in range(1, TRACKING_VISITORS + 1)
+    ]
+    token, session = csrf_session(base, cookies[0])
     return post_script(
         "/personalization/track-interaction",
         json.dumps(click_batch(procedures)),
-        {
-            "Content-Type": "application/json",
-            "X-CSRFToken": token,
-            "Cookie": f"{session}; {cookie}",
-        },
+        {"Content-Type": "application/json", "X-CSRFToken": token},
+        [f"{session}; {cookie}" for cookie in cookies],
     )
 
 
@@ -223,6 +241,7 @@ def run(kind: str, seconds: int) -> dict:
             "DATABASE_URL": url,
             "SECRET_KEY": SECRET,
             "TRACKING_RATE_LIMIT": "100000000 per minute",
+            "TRACKING_RATE_LIMIT_PER_ADDRESS": "100000000 per minute",
         }
         for label, enabled in (("personalized", "true"), ("plain", "false")):
             server = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": enabled})
@@ -235,7 +254,7 @@ def run(kind: str, seconds: int) -> dict:
 
         server = Server(gunicorn(), env)
         try:
-            script = tracking_script(server.base, cookie, procedures)
+            script = tracking_script(server.base, procedures)
             results["tracking"] = wrk(
                 server.base + "/personalization/track-interaction", seconds, script
             )

@@ -151,7 +151,10 @@ def test_sqlite_under_concurrent_writers_loses_no_event(tmp_path):
     database = tmp_path / "site.db"
     tabs, batches, per_batch = 16, 10, 5
     with seeded_site(
-        f"sqlite:///{database}", workers=4, TRACKING_RATE_LIMIT="100000 per minute"
+        f"sqlite:///{database}",
+        workers=4,
+        TRACKING_RATE_LIMIT="100000 per minute",
+        TRACKING_RATE_LIMIT_PER_ADDRESS="100000 per minute",
     ) as site:
         visitors = [WebVisitor(site.url) for _ in range(tabs)]
         events = [click(pid) for pid in procedure_ids(visitors[0])[:per_batch]]

@@ -167,6 +167,7 @@ def test_mixed_load_has_no_5xx_and_loses_no_accepted_event(load_database):
     settings = {
         "AMPLITUDE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "TRACKING_RATE_LIMIT": "100000 per minute",  # load, not abuse
+        "TRACKING_RATE_LIMIT_PER_ADDRESS": "100000 per minute",
     }
     with seeded_site(database_url, workers=WORKERS, **settings) as site:
         ids = catalog_ids(query)
