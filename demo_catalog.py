@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from models import Category, Doctor, Package, Procedure, db
+from models import PHYSICIAN_CREDENTIALS, Category, Doctor, Package, Procedure, db
 
 CATEGORIES = [
     (
@@ -205,22 +205,35 @@ CITIES = [
     "Seattle",
 ]
 
-# (title, categories the specialty performs, how many doctors have it)
+# (title, credentials, categories the specialty performs, how many have it).
+# Nurse practitioners (NP) and physician assistants (PA-C) are not "Dr.".
 SPECIALTIES = [
     (
         "Board-Certified Plastic Surgeon",
+        "MD",
         ["Body Contouring", "Breast Surgery", "Facial Surgery", "Injectables"],
         10,
     ),
-    ("Facial Plastic Surgeon", ["Facial Surgery", "Injectables", "Skin Tightening"], 6),
+    (
+        "Facial Plastic Surgeon",
+        "MD",
+        ["Facial Surgery", "Injectables", "Skin Tightening"],
+        6,
+    ),
     (
         "Board-Certified Dermatologist",
+        "MD",
         ["Injectables", "Skin Resurfacing", "Laser & Light", "Skin Tightening"],
         10,
     ),
-    ("Aesthetic Nurse Practitioner", ["Injectables", "Skin Resurfacing"], 6),
-    ("Hair Restoration Surgeon", ["Hair Restoration"], 4),
-    ("Laser Specialist", ["Laser & Light", "Body Contouring", "Skin Tightening"], 4),
+    ("Aesthetic Nurse Practitioner", "NP", ["Injectables", "Skin Resurfacing"], 6),
+    ("Hair Restoration Surgeon", "MD", ["Hair Restoration"], 4),
+    (
+        "Laser Physician Assistant",
+        "PA-C",
+        ["Laser & Light", "Body Contouring", "Skin Tightening"],
+        4,
+    ),
 ]
 
 FIRST_NAMES = [
@@ -270,16 +283,18 @@ def build_doctors(rng: random.Random) -> list[dict]:
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
     rng.shuffle(names)
     doctors = []
-    for title, categories, count in SPECIALTIES:
+    for title, credentials, categories, count in SPECIALTIES:
         for _ in range(count):
             name = names.pop()
             city = CITIES[len(doctors) % len(CITIES)]
             years = rng.randint(6, 28)
+            physician = credentials in PHYSICIAN_CREDENTIALS
             doctors.append(
                 {
-                    "name": f"Dr. {name}",
-                    "slug": "dr-" + slugify(name),
+                    "name": name,
+                    "slug": ("dr-" if physician else "") + slugify(name),
                     "title": title,
+                    "credentials": credentials,
                     "city": city,
                     "rating": Decimal(rng.randint(40, 50)) / 10,
                     "review_count": rng.randint(8, 640),
@@ -345,8 +360,14 @@ def seed_demo_catalog() -> dict[str, int]:
     rng = random.Random(2026)
     plans = build_doctors(rng)
     assign_procedures(plans, rng)
-    doctors = {d.slug: d for d in db.session.scalars(select(Doctor))}
+    existing = list(db.session.scalars(select(Doctor)))
+    doctors = {d.slug: d for d in existing}
+    # A database seeded before credentials existed has its nurse practitioners
+    # under "dr-" slugs: the same person (name and city) is not added again.
+    by_person = {(d.name, d.city): d for d in existing}
     for plan in plans:
+        if (plan["name"], plan["city"]) in by_person:
+            doctors[plan["slug"]] = by_person[(plan["name"], plan["city"])]
         if plan["slug"] in doctors:
             continue
         doctor = Doctor(
@@ -380,7 +401,8 @@ def seed_demo_catalog() -> dict[str, int]:
                 procedures=items,
                 price=int(round(list_price * (1 - discount), -1)),
                 description=(
-                    f"{' + '.join(included)} with {doctor.name} in {doctor.city}, "
+                    f"{' + '.join(included)} with {doctor.display_name} "
+                    f"in {doctor.city}, "
                     f"{round(discount * 100)}% less than booking them one by one."
                 ),
             )

@@ -5,12 +5,14 @@ import hashlib
 import math
 import sqlite3
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
+    Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -22,15 +24,23 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    cast,
     event,
     func,
     literal,
+    select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    aliased,
+    mapped_column,
+    relationship,
+)
 from sqlalchemy.sql.functions import FunctionElement
 
 # Stable constraint names, so migrations can name what they drop and SQLite
@@ -126,6 +136,8 @@ package_procedures = Table(
 
 class Category(db.Model):
     __tablename__ = "categories"
+    # The item kind its ItemKey, tracker attributes and URLs use.
+    kind = "category"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -139,12 +151,18 @@ class Category(db.Model):
         back_populates="category", order_by="Procedure.name"
     )
 
+    @property
+    def display_name(self) -> str:
+        return self.name
+
     def __repr__(self) -> str:
         return f"<Category {self.slug}>"
 
 
 class Procedure(db.Model):
     __tablename__ = "procedures"
+    # The item kind its ItemKey, tracker attributes and URLs use.
+    kind = "procedure"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(150), unique=True)
@@ -173,12 +191,18 @@ class Procedure(db.Model):
         order_by="Package.price",
     )
 
+    @property
+    def display_name(self) -> str:
+        return self.name
+
     def __repr__(self) -> str:
         return f"<Procedure {self.slug}>"
 
 
 class Doctor(db.Model):
     __tablename__ = "doctors"
+    # The item kind its ItemKey, tracker attributes and URLs use.
+    kind = "doctor"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(150))
@@ -188,6 +212,10 @@ class Doctor(db.Model):
     rating: Mapped[Decimal] = mapped_column(Numeric(2, 1))
     review_count: Mapped[int] = mapped_column(Integer, default=0)
     bio: Mapped[str] = mapped_column(Text, default="")
+    # "MD", "DO", "NP", "PA-C", ...: only physicians are addressed as "Dr.".
+    credentials: Mapped[str] = mapped_column(
+        String(20), default="MD", server_default="MD"
+    )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )
@@ -201,12 +229,64 @@ class Doctor(db.Model):
         back_populates="doctor", order_by="Package.price"
     )
 
+    @property
+    def is_physician(self) -> bool:
+        return self.credentials in PHYSICIAN_CREDENTIALS
+
+    @property
+    def display_name(self) -> str:
+        """ "Dr. Maya Chen" for a physician, "Maya Chen, NP" for anyone else."""
+        if self.is_physician:
+            return f"Dr. {self.name}"
+        return f"{self.name}, {self.credentials}"
+
+    @property
+    def initials(self) -> str:
+        """Up to two initials, for the avatar a doctor without a photo gets."""
+        words = [word for word in self.name.split() if word[:1].isalpha()]
+        return "".join(word[0].upper() for word in words[:1] + words[1:][-1:])
+
     def __repr__(self) -> str:
         return f"<Doctor {self.slug}>"
 
 
+# Credentials of the people addressed as "Dr." (nurse practitioners and
+# physician assistants are not).
+PHYSICIAN_CREDENTIALS = frozenset({"MD", "DO", "MBBS"})
+# "Top rated" is a Bayesian average: every doctor's reviews plus this many
+# imaginary reviews at the catalog's mean, so 5.0 from 2 reviews does not beat
+# 4.8 from 300.
+RATING_PRIOR_REVIEWS = 25
+
+
+def doctor_rating_score():
+    """SQL: a doctor's Bayesian average rating (see RATING_PRIOR_REVIEWS)."""
+    others = aliased(Doctor)
+    mean = (
+        select(
+            func.coalesce(
+                func.sum(cast(others.rating, Float) * others.review_count)
+                / func.nullif(func.sum(others.review_count), 0),
+                0.0,
+            )
+        )
+        .correlate(None)
+        .scalar_subquery()
+    )
+    return (
+        cast(Doctor.rating, Float) * Doctor.review_count + mean * RATING_PRIOR_REVIEWS
+    ) / (Doctor.review_count + RATING_PRIOR_REVIEWS)
+
+
+def top_rated_order() -> list:
+    """ORDER BY for "top rated" doctor lists: Bayesian average, then name."""
+    return [doctor_rating_score().desc(), Doctor.name, Doctor.id]
+
+
 class Package(db.Model):
     __tablename__ = "packages"
+    # The item kind its ItemKey, tracker attributes and URLs use.
+    kind = "package"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(150))
@@ -227,6 +307,10 @@ class Package(db.Model):
         back_populates="packages",
         order_by="Procedure.name",
     )
+
+    @property
+    def display_name(self) -> str:
+        return self.name
 
     def __repr__(self) -> str:
         return f"<Package {self.slug}>"
@@ -338,6 +422,65 @@ class PersonalizeOutbox(db.Model):
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), index=True
+    )
+
+
+class ConsultationRequest(db.Model):
+    """A visitor's request to be contacted for a consultation about a doctor,
+    procedure or package. Personal data: never sent to Personalize or Amplitude,
+    in "download my data", erased by "forget me" and by the retention cleanup."""
+
+    __tablename__ = "consultation_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Shown to the visitor on the confirmation page: what they quote to the
+    # clinic, or to have a request without a visitor cookie erased.
+    reference: Mapped[str] = mapped_column(String(16), unique=True)
+    # The visitor cookie's id when the browser had one, else None.
+    user_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    doctor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("doctors.id", ondelete="SET NULL"), index=True
+    )
+    procedure_id: Mapped[int | None] = mapped_column(
+        ForeignKey("procedures.id", ondelete="SET NULL"), index=True
+    )
+    package_id: Mapped[int | None] = mapped_column(
+        ForeignKey("packages.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    preferred_date: Mapped[date | None] = mapped_column(Date)
+    message: Mapped[str] = mapped_column(Text, default="")
+    consent_to_contact: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
+
+    doctor: Mapped[Doctor | None] = relationship()
+    procedure: Mapped[Procedure | None] = relationship()
+    package: Mapped[Package | None] = relationship()
+
+    @property
+    def subject(self):
+        """What the request is about: the package, procedure or doctor."""
+        return self.package or self.procedure or self.doctor
+
+
+class VisitorPreference(db.Model):
+    """What a visitor chose for themselves (never guessed, e.g. from their
+    address): the city they filter doctors by. A regional signal for rankings."""
+
+    __tablename__ = "visitor_preferences"
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    city: Mapped[str] = mapped_column(String(100), index=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True),
+        default=utcnow,
+        onupdate=utcnow,
+        server_default=func.now(),
+        index=True,
     )
 
 

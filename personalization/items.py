@@ -12,7 +12,9 @@ from models import (
     Package,
     Procedure,
     doctor_procedures,
+    doctor_rating_score,
     package_procedures,
+    top_rated_order,
 )
 from personalization.events import ItemKey, is_decimal
 
@@ -49,7 +51,7 @@ def catalog_order(kind: str) -> list:
         )
         return [offered_by.desc(), Procedure.name]
     if kind == "doctor":
-        return [Doctor.rating.desc(), Doctor.review_count.desc(), Doctor.name]
+        return top_rated_order()
     return [Package.price, Package.id]
 
 
@@ -80,6 +82,16 @@ class Items:
         model = MODELS[kind]
         rows = self.session.scalars(select(model).where(model.id.in_(list(ids))))
         return {item.id: item for item in rows}
+
+    def doctors_in(self, city: str) -> list[int]:
+        """The doctors practising in a city, top rated first."""
+        return list(
+            self.session.scalars(
+                select(Doctor.id)
+                .where(Doctor.city == city)
+                .order_by(*top_rated_order())
+            )
+        )
 
     # Candidates the rankings draw from
 
@@ -113,12 +125,13 @@ class Items:
     def doctors_performing(
         self, procedure_ids: Iterable[int]
     ) -> list[tuple[int, int, float]]:
-        """(doctor, procedure, rating) for every doctor performing these procedures."""
+        """(doctor, procedure, rating) for every doctor performing these
+        procedures; the rating is the Bayesian average "top rated" uses."""
         rows = self.session.execute(
             select(
                 doctor_procedures.c.doctor_id,
                 doctor_procedures.c.procedure_id,
-                Doctor.rating,
+                doctor_rating_score(),
             )
             .join(Doctor, Doctor.id == doctor_procedures.c.doctor_id)
             .where(doctor_procedures.c.procedure_id.in_(list(procedure_ids)))
