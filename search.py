@@ -1,4 +1,4 @@
-"""Catalog queries the pages need: search across names and descriptions."""
+"""Site search: procedures, doctors, packages and categories matching a query."""
 
 from dataclasses import dataclass, field
 

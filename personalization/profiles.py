@@ -10,6 +10,7 @@ from sqlalchemy import DateTime, bindparam, func, select, union_all
 
 from models import UserInteraction
 from personalization.events import ITEM_KINDS, ItemKey
+from personalization.preferences import Preferences
 from personalization.settings import Settings
 from personalization.statistics import Affinity, sql_weight
 
@@ -42,13 +43,19 @@ class VisitorProfile:
     disliked: frozenset[ItemKey] = frozenset()
     # The visitor's own net positive weight on each recent item.
     interest: dict[ItemKey, float] = field(default_factory=dict)
+    # The city they chose to see doctors in: a regional signal.
+    city: str | None = None
     # Scores a recommender worked out for this visitor, kept for the rest of the
     # page: its procedure and doctor sections share one blend.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_history(
-        cls, visitor_id: str, affinities: dict[int, float], history: list[HistoryItem]
+        cls,
+        visitor_id: str,
+        affinities: dict[int, float],
+        history: list[HistoryItem],
+        city: str | None = None,
     ) -> "VisitorProfile":
         return cls(
             visitor_id,
@@ -56,6 +63,7 @@ class VisitorProfile:
             [entry.item for entry in history],
             frozenset(entry.item for entry in history if entry.net_weight < 0),
             {entry.item: entry.net_weight for entry in history if entry.net_weight > 0},
+            city,
         )
 
     def disliked_of(self, kind: str) -> set[ItemKey]:
@@ -75,22 +83,27 @@ class Profiles:
         session,
         settings: Settings,
         affinity: Affinity,
+        preferences: Preferences,
         clock: Callable[[], datetime],
     ):
         self.session = session
         self.settings = settings
         self.affinity = affinity
+        self.preferences = preferences
         self.clock = clock
         # Built once per batch size (a power of two): see _history_statement.
         self._statements: dict[int, object] = {}
 
     def load(self, visitor_id: str | None) -> VisitorProfile:
-        """Read what rankings need about a visitor: two indexed queries."""
+        """Read what rankings need about a visitor: three indexed queries."""
         if not visitor_id:
             return anonymous()
         history = self.histories({visitor_id}).get(visitor_id, [])
         return VisitorProfile.from_history(
-            visitor_id, self.affinity.of_visitor(visitor_id), history
+            visitor_id,
+            self.affinity.of_visitor(visitor_id),
+            history,
+            self.preferences.city(visitor_id),
         )
 
     def histories(
