@@ -1,20 +1,28 @@
 """Page sections: ask the served recommender for a list (it drops what the visitor
 excluded, fills from popular and, with Personalize, re-ranks), put what the visitor
-disliked last, and load the catalog items the page shows."""
+disliked last, put doctors of the visitor's chosen city first, load the catalog
+items the page shows and say why each is there."""
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from personalization.events import ItemKey
 from personalization.items import Items
-from personalization.profiles import VisitorProfile
+from personalization.profiles import VisitorProfile, anonymous
 from personalization.recommenders import (
     ENGINE,
     FALLBACK,
     PERSONALIZE,
     Recommender,
     Scored,
+    non_increasing,
 )
+
+# Kinds of item a "recently viewed" strip shows.
+VIEWABLE_KINDS = ("procedure", "doctor", "package")
+# How many doctors a section considers before putting the visitor's city first.
+REGIONAL_POOL = 60
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,34 @@ class RankedItem:
     item: Any
     score: float
     reason: str
+    # The item that led to it (see Scored.because), loaded; None if none.
+    because: Any = None
+    city: str | None = None
+
+    @property
+    def why(self) -> str | None:
+        """The reason in the visitor's words, e.g. "Because you viewed Botox"."""
+        return explain(self.reason, self.because, self.item, self.city)
+
+
+def explain(reason: str, because, item, city: str | None = None) -> str | None:
+    """Say why a recommender placed an item, naming what led to it."""
+    if reason == "nearby" and city:
+        return f"In {city}, where you are looking"
+    if reason == "popular_in_city" and city:
+        return f"Popular in {city}"
+    if because is None or because is item:
+        return {"viewed": "You viewed this", "personalize": "Picked for you"}.get(
+            reason
+        )
+    name = because.display_name
+    if reason == "also_viewed":
+        return f"Because you viewed {name}"
+    if reason == "affinity" and hasattr(because, "procedures"):  # a category
+        return f"Because you viewed {name} treatments"
+    if reason in ("affinity", "viewed"):
+        return f"Because you viewed {name}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -46,17 +82,40 @@ class Ranking:
         return len(self.items)
 
 
+@dataclass(frozen=True)
+class HomeSections:
+    """What the home page shows one visitor."""
+
+    by_kind: dict[str, Ranking]
+    recently_viewed: list[Any]
+    # The city the visitor chose, and its popular doctors.
+    city: str | None
+    popular_in_city: Ranking | None
+
+
 def page_list(
-    recommender: Recommender, visitor: VisitorProfile, kind: str, k: int
+    recommender: Recommender,
+    visitor: VisitorProfile,
+    kind: str,
+    k: int,
+    exclude: frozenset[ItemKey] = frozenset(),
 ) -> list[Scored]:
     """What a page shows: the recommender's top k without the items the visitor
     disliked, which go last, and only when nothing else is left. The offline
     evaluation scores this same list."""
     disliked = sorted(visitor.disliked_of(kind))
-    scored = recommender.recommend(visitor, kind, k, exclude=disliked)
+    scored = recommender.recommend(visitor, kind, k, exclude=[*disliked, *exclude])
     return scored + [
         Scored(item, 0.0, "disliked", FALLBACK) for item in disliked[: k - len(scored)]
     ]
+
+
+def nearby_first(scored: list[Scored], nearby: list[int], k: int) -> list[Scored]:
+    """The doctors of the visitor's city first, in the list's order, then the
+    rest: the region the visitor chose is a signal, not a filter."""
+    near = set(nearby)
+    first = [replace(s, reason="nearby") for s in scored if s.item.id in near]
+    return non_increasing((first + [s for s in scored if s.item.id not in near])[:k])
 
 
 def source_of(scored: list[Scored]) -> str:
@@ -76,23 +135,87 @@ class Sections:
         self.items = items
         self.recommender = recommender
 
-    def section(self, visitor: VisitorProfile, kind: str, k: int) -> Ranking:
-        """The visitor's top k items of a kind, always k when the catalog has them."""
-        return self.load(kind, page_list(self.recommender, visitor, kind, k))
+    def section(
+        self,
+        visitor: VisitorProfile,
+        kind: str,
+        k: int,
+        recommender: Recommender | None = None,
+        exclude_seen: bool = False,
+    ) -> Ranking:
+        """The visitor's top k items of a kind, always k when the catalog has them.
+
+        exclude_seen: leave out what the visitor recently saw (pages show it in
+        "recently viewed", so "for you" brings something new).
+        """
+        recommender = recommender or self.recommender
+        seen = frozenset(visitor.recent) if exclude_seen else frozenset()
+        regional = kind == "doctor" and visitor.city
+        pool = max(k, REGIONAL_POOL) if regional else k
+        scored = page_list(recommender, visitor, kind, pool, seen)
+        if regional:
+            scored = nearby_first(scored, self.items.doctors_in(visitor.city), k)
+        return self.load(kind, scored, visitor.city)
 
     def similar(self, item: ItemKey, k: int) -> Ranking:
         """Items like this one (procedure pages: "similar procedures")."""
         return self.load(item.kind, self.recommender.similar(item, k))
 
-    def load(self, kind: str, scored: list[Scored]) -> Ranking:
-        """Fetch a list's items in one query, keeping its order; items no longer in
-        the catalog (an answer from Personalize, say) are left out."""
+    def popular_in_city(self, city: str, k: int) -> Ranking:
+        """The city's doctors, most popular first, then top rated."""
+        in_city = self.items.doctors_in(city)
+        popular = self.recommender.recommend(anonymous(), "doctor", REGIONAL_POOL)
+        chosen = [s for s in popular if s.item.id in set(in_city)][:k]
+        shown = {s.item.id for s in chosen}
+        chosen += [
+            Scored(ItemKey("doctor", doctor_id), 0.0, "popular", FALLBACK)
+            for doctor_id in in_city
+            if doctor_id not in shown
+        ][: k - len(chosen)]
+        return self.load(
+            "doctor",
+            non_increasing([replace(s, reason="popular_in_city") for s in chosen]),
+            city,
+        )
+
+    def recently_viewed(self, visitor: VisitorProfile, k: int) -> list[Any]:
+        """The procedures, doctors and packages the visitor saw last, newest
+        first (disliked ones left out)."""
+        keys = [
+            key
+            for key in visitor.recent
+            if key.kind in VIEWABLE_KINDS and key not in visitor.disliked
+        ][:k]
+        found = self.load_keys(keys)
+        return [found[key] for key in keys if key in found]
+
+    def load(self, kind: str, scored: list[Scored], city: str | None = None) -> Ranking:
+        """Fetch a list's items and what led to them, keeping its order; items no
+        longer in the catalog (an answer from Personalize, say) are left out."""
         found = self.items.load(kind, [entry.item.id for entry in scored])
+        because = self.load_keys([s.because for s in scored if s.because])
         return Ranking(
             [
-                RankedItem(found[entry.item.id], round(entry.score, 6), entry.reason)
+                RankedItem(
+                    found[entry.item.id],
+                    round(entry.score, 6),
+                    entry.reason,
+                    because.get(entry.because),
+                    city,
+                )
                 for entry in scored
                 if entry.item.id in found
             ],
             source_of(scored),
         )
+
+    def load_keys(self, keys: list[ItemKey]) -> dict[ItemKey, Any]:
+        """Catalog items by key: one query per kind."""
+        ids: dict[str, set[int]] = defaultdict(set)
+        for key in keys:
+            ids[key.kind].add(key.id)
+        loaded = {}
+        for kind, wanted in ids.items():
+            for item_id, item in self.items.load(kind, wanted).items():
+                loaded[ItemKey(kind, item_id)] = item
+        return loaded

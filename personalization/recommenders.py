@@ -30,12 +30,16 @@ class Scored:
 
     reason: affinity (category interest), also_viewed (co-visitation), viewed
     (the visitor's own recent item), popular, same_category, personalize, disliked.
+    because: the item that led to it, shown as "because you viewed ...": the
+    category of an affinity, the seen procedure of an also_viewed, the top
+    procedure a recommended doctor performs.
     """
 
     item: ItemKey
     score: float
     reason: str
     source: str = ENGINE
+    because: ItemKey | None = None
 
 
 class Recommender(Protocol):
@@ -197,7 +201,7 @@ class BlendRecommender:
     def category_scores(self, visitor: VisitorProfile) -> list[Scored]:
         """Categories by the visitor's decayed affinity."""
         floor = self.settings.affinity_floor
-        return best_first(
+        ranked = best_first(
             {
                 ItemKey("category", category_id): score
                 for category_id, score in visitor.affinities.items()
@@ -205,6 +209,7 @@ class BlendRecommender:
             },
             "affinity",
         )
+        return [replace(s, because=s.item) for s in ranked]
 
     def procedure_scores(self, visitor: VisitorProfile) -> list[Scored]:
         """The blended ranking of procedures for one visitor, worked out once per
@@ -242,7 +247,9 @@ class BlendRecommender:
             for item in visitor.recent
             if item.kind == "procedure" and item not in visitor.disliked
         ]
-        covisited = self.covisitation.neighbours(seeds[: settings.covisitation_seeds])
+        covisited, led_by = self.covisitation.neighbours_explained(
+            seeds[: settings.covisitation_seeds]
+        )
         own = {
             item.id: weight
             for item, weight in visitor.interest.items()
@@ -273,7 +280,19 @@ class BlendRecommender:
             score = sum(parts.values())
             if score > 0:
                 reason = max(parts, key=parts.__getitem__)
-                scored.append(Scored(ItemKey("procedure", procedure_id), score, reason))
+                because = {
+                    "affinity": ItemKey("category", category_id),
+                    "also_viewed": ItemKey("procedure", led_by.get(procedure_id, 0)),
+                    "viewed": ItemKey("procedure", procedure_id),
+                }[reason]
+                scored.append(
+                    Scored(
+                        ItemKey("procedure", procedure_id),
+                        score,
+                        reason,
+                        because=because,
+                    )
+                )
         scored.sort(key=lambda s: (-s.score, s.item.id))
         return scored
 
@@ -287,9 +306,18 @@ class BlendRecommender:
         if not top:
             return []
         scores: dict[ItemKey, float] = defaultdict(float)
+        strongest: dict[ItemKey, tuple[float, int]] = {}
         for doctor_id, procedure_id, rating in self.items.doctors_performing(top):
-            scores[ItemKey("doctor", doctor_id)] += top[procedure_id] * rating / 5
-        return best_first(scores, "affinity")
+            doctor = ItemKey("doctor", doctor_id)
+            part = top[procedure_id] * rating / 5
+            scores[doctor] += part
+            strongest[doctor] = max(
+                strongest.get(doctor, (0.0, 0)), (part, -procedure_id)
+            )
+        return [
+            replace(s, because=ItemKey("procedure", -strongest[s.item][1]))
+            for s in best_first(scores, "affinity")
+        ]
 
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """Procedures its visitors also viewed, then popular ones of its category,
@@ -301,10 +329,13 @@ class BlendRecommender:
             return []  # not in the catalog
         neighbours = self.covisitation.neighbours([item.id])
         neighbours.pop(item.id, None)
-        covisited = best_first(
-            {ItemKey("procedure", pid): s for pid, s in neighbours.items()},
-            "also_viewed",
-        )[:k]
+        covisited = [
+            replace(s, because=item)
+            for s in best_first(
+                {ItemKey("procedure", pid): s for pid, s in neighbours.items()},
+                "also_viewed",
+            )[:k]
+        ]
         shown = {item} | {s.item for s in covisited}
         popular = self.fallback.recommend(
             anonymous(), "procedure", self.settings.popular_list_size, shown
@@ -384,6 +415,13 @@ def reordered(pool: list[Scored], ranked: list[tuple[str, float]]) -> list[Score
     return ordered + [s for s in pool if str(s.item) in by_key]
 
 
+# What the recommendations API's ?algorithm= names: the served blend (or
+# Personalize), co-visitation ("visitors who viewed this also viewed"), the
+# visitor's category interests (content), and popularity.
+HYBRID = "hybrid"
+ALGORITHMS = (HYBRID, "collaborative", "content", "popular")
+
+
 @dataclass(frozen=True)
 class Recommenders:
     """Every recommender of one engine. Pages and the API use `served`; the
@@ -398,6 +436,15 @@ class Recommenders:
     @property
     def served(self) -> Recommender:
         return self.personalize or self.blend
+
+    def for_algorithm(self, algorithm: str) -> Recommender:
+        """The recommender an ALGORITHMS name stands for."""
+        return {
+            HYBRID: self.served,
+            "collaborative": self.covisitation,
+            "content": self.category_affinity,
+            "popular": self.popular,
+        }[algorithm]
 
     def by_name(self) -> dict[str, Recommender]:
         found = [self.popular, self.category_affinity, self.covisitation, self.blend]

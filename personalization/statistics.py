@@ -475,8 +475,15 @@ class CoVisitation:
         blockbuster does not neighbour everything; earlier seeds (the more recent)
         weigh more. Scores are scaled so the best is 1.
         """
+        return self.neighbours_explained(seeds)[0]
+
+    def neighbours_explained(
+        self, seeds: list[int]
+    ) -> tuple[dict[int, float], dict[int, int]]:
+        """neighbours(seeds), and for each neighbour the seed that gave it most
+        (what "because you viewed ..." names)."""
         if not seeds:
-            return {}
+            return {}, {}
         rows = self.session.execute(
             self._neighbours(),
             {
@@ -488,10 +495,21 @@ class CoVisitation:
         decay = self.settings.seed_recency_decay
         seed_weight = {seed: decay**i for i, seed in enumerate(seeds)}
         totals: dict[int, float] = defaultdict(float)
+        # Per neighbour: (its largest part, the seed's place in the list, negated
+        # so ties go to the more recent seed) and that seed.
+        strongest: dict[int, tuple[float, int, int]] = {}
         for seed, other, value in rows:
-            totals[other] += seed_weight[seed] * float(value)
+            part = seed_weight[seed] * float(value)
+            totals[other] += part
+            candidate = (part, -seeds.index(seed), seed)
+            strongest[other] = max(strongest.get(other, candidate), candidate)
         best = max(totals.values(), default=0.0)
-        return {pid: value / best for pid, value in totals.items()} if best else {}
+        if not best:
+            return {}, {}
+        return (
+            {pid: value / best for pid, value in totals.items()},
+            {pid: seed for pid, (_, _, seed) in strongest.items()},
+        )
 
     def _neighbours(self):
         """The statement behind neighbours, built once: its values are parameters.
