@@ -1,5 +1,6 @@
 """Command-line tools for admins: `flask seed-demo`, `flask personalization ...`."""
 
+import csv
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +102,10 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
         f"{summary['affinities']} affinities faded below "
         f"{system.settings.affinity_floor} or idle as long, "
         f"{summary['Personalize events']} Personalize events (sent, waiting or "
-        f"refused) and {summary['webhook keys']} expired webhook keys "
+        f"refused), {summary['webhook keys']} expired webhook keys, "
+        f"{summary['city choices']} city choices as old and "
+        f"{summary['consultation requests']} consultation requests older than "
+        f"{system.settings.consultation_retention_days} days "
         f"in {time.monotonic() - started:.2f}s."
     )
 
@@ -209,6 +213,120 @@ def evaluate_command(method: str, k: int, since: int | None) -> None:
     click.echo(format_table(results, k))
 
 
+@personalization.command("regions")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Visitors ranked per city (a random sample when a city has more).",
+)
+@click.option("--k", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Procedures listed per city.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def regions_command(sample: int, k: int, top: int, seed: int) -> None:
+    """Per city visitors chose: the procedures most often in their top k, with
+    the match rate (share of the city's sampled visitors who got each), labelled
+    high (>= 80%), medium (40-79%) or low (< 40%)."""
+    cities = current_system().regional_match_rates(sample, k, seed)
+    if not cities:
+        click.echo("No visitor has chosen a city yet (the city filter on /doctors).")
+        return
+    names = dict(db.session.execute(select(Procedure.id, Procedure.name)).all())
+    for city in cities:
+        click.echo(
+            f"{city.city}: {city.sample} of {city.visitors} visitors sampled, top {k}"
+        )
+        for rate in city.procedures[:top]:
+            click.echo(
+                f"  {names.get(rate.procedure_id, rate.procedure_id)!s:<34} "
+                f"{rate.rate:6.1%}  {rate.label:<6}  ({rate.visitors})"
+            )
+
+
+leads = AppGroup("leads", help="Consultation requests sent from the site.")
+
+# Spreadsheets run a cell that starts with one of these as a formula: a lead's
+# name or message must never do that (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+LEAD_COLUMNS = [
+    "reference",
+    "created_at",
+    "about",
+    "doctor",
+    "procedure",
+    "package",
+    "name",
+    "email",
+    "phone",
+    "preferred_date",
+    "message",
+    "consent_to_contact",
+]
+
+
+def since_option(function):
+    return click.option(
+        "--since",
+        "since_days",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Only requests of the last DAYS [default: all].",
+    )(function)
+
+
+def leads_since(since_days: int | None) -> list[dict]:
+    since = utcnow() - timedelta(days=since_days) if since_days else None
+    try:
+        return current_system().leads(since)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"could not read the requests: {error}") from error
+
+
+@leads.command("list")
+@since_option
+def leads_list_command(since_days: int | None) -> None:
+    """Print consultation requests, oldest first."""
+    found = leads_since(since_days)
+    for lead in found:
+        contact = " / ".join(filter(None, [lead["email"], lead["phone"]]))
+        when = f" for {lead['preferred_date']}" if lead["preferred_date"] else ""
+        click.echo(
+            f"{lead['created_at'][:16]}  {lead['reference']}  {lead['name']} "
+            f"<{contact}> about {lead['about']}{when}"
+        )
+    click.echo(f"{len(found)} request{'' if len(found) == 1 else 's'}.")
+
+
+@leads.command("export")
+@since_option
+@click.option(
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    help="CSV file to write [default: standard output].",
+)
+def leads_export_command(since_days: int | None, output) -> None:
+    """Write consultation requests as CSV (one row per request, oldest first)."""
+    writer = csv.DictWriter(output, fieldnames=LEAD_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for lead in leads_since(since_days):
+        writer.writerow({key: spreadsheet_safe(lead[key]) for key in LEAD_COLUMNS})
+
+
+def spreadsheet_safe(value):
+    """Text a spreadsheet shows as typed: a leading ' stops formulas."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def site_log(since_days: int | None) -> list[VisitorInteraction]:
     """The site's procedure interactions, oldest first."""
     log = UserInteraction
@@ -235,3 +353,4 @@ def register_commands(app: Flask) -> None:
     """Attach the project's CLI commands to the app."""
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(personalization)
+    app.cli.add_command(leads)

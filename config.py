@@ -114,6 +114,10 @@ def settings_from_environment(instance_path: str) -> dict:
         **rate_limit_settings(),
         **tunables_from_environment(),
         **personalize_settings(),
+        # Where people write about their data (shown on the privacy pages).
+        "PRIVACY_CONTACT_EMAIL": os.environ.get(
+            "PRIVACY_CONTACT_EMAIL", "privacy@antidote.example"
+        ),
         "AMPLITUDE_WEBHOOK_SECRET": os.environ.get("AMPLITUDE_WEBHOOK_SECRET", ""),
         "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS": os.environ.get(
             "AMPLITUDE_WEBHOOK_SECRET_PREVIOUS", ""
@@ -156,6 +160,11 @@ def rate_limit_settings() -> dict:
         "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_HEADERS_ENABLED": True,
         "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
+        # Consultation requests, per visitor and per address: people ask a few
+        # clinics, spammers thousands.
+        "CONSULTATION_RATE_LIMIT": os.environ.get(
+            "CONSULTATION_RATE_LIMIT", "5 per hour;20 per day"
+        ),
         # Many people can share an address (an office, a carrier's NAT).
         "TRACKING_RATE_LIMIT_PER_ADDRESS": os.environ.get(
             "TRACKING_RATE_LIMIT_PER_ADDRESS", "600 per minute"

@@ -21,9 +21,9 @@ from flask import Flask, current_app
 from sqlalchemy import StaticPool, create_engine, insert
 from sqlalchemy.orm import Session
 
-from catalog import result_categories
 from models import Base, Category, Procedure, UserInteraction, db, utcnow
 from personalization import evaluation
+from personalization.consultations import Consultations, Contact, as_record
 from personalization.events import (
     ExternalEvent,
     Interaction,
@@ -35,14 +35,21 @@ from personalization.identity import Identity
 from personalization.ingest import ExternalResult, Ingest, log_row
 from personalization.items import Items
 from personalization.outbox import Outbox
+from personalization.preferences import Preferences
 from personalization.privacy import Privacy
 from personalization.profiles import Profiles
-from personalization.ranking import Ranking, Sections
-from personalization.recommenders import PersonalizeAdapter, build_recommenders
+from personalization.ranking import HomeSections, Ranking, Sections
+from personalization.recommenders import (
+    HYBRID,
+    PersonalizeAdapter,
+    build_recommenders,
+)
+from personalization.regions import CityRates, match_rates
 from personalization.retention import Retention, RetentionTask
 from personalization.settings import Settings
 from personalization.statistics import Affinity, CoVisitation, Popularity
 from personalize_client import PersonalizeClient, PersonalizeUnavailable
+from search import result_categories
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,10 @@ class PersonalizationSystem:
         self.affinity = Affinity(session, settings, clock)
         self.popularity = Popularity(session, settings, clock)
         self.covisitation = CoVisitation(session, settings)
-        self.profiles = Profiles(session, settings, self.affinity, clock)
+        self.preferences = Preferences(session, clock)
+        self.profiles = Profiles(
+            session, settings, self.affinity, self.preferences, clock
+        )
         self.recommenders = build_recommenders(
             settings, self.items, self.popularity, self.covisitation, personalize
         )
@@ -86,8 +96,9 @@ class PersonalizationSystem:
             search_categories,
             clock,
         )
-        self.retention = Retention(session, self.affinity)
-        self.privacy = Privacy(session, settings, self.items)
+        self.retention = Retention(session, settings, self.affinity)
+        self.consultations = Consultations(session, clock)
+        self.privacy = Privacy(session, settings, self.items, self.consultations)
         self.clock = clock
 
     @contextmanager
@@ -144,23 +155,121 @@ class PersonalizationSystem:
     # Rankings
 
     def home_sections(
-        self, visitor_id: str | None, sizes: dict[str, int]
-    ) -> dict[str, Ranking]:
-        """Several sections for one visitor ({"category": 6, ...}), reading their
-        profile once."""
+        self,
+        visitor_id: str | None,
+        sizes: dict[str, int],
+        recently_viewed: int = 0,
+        popular_in_city: int = 0,
+    ) -> HomeSections:
+        """The home page's sections for one visitor ({"category": 6, ...}), reading
+        their profile once: what they saw recently is in its own strip, not in
+        "for you"; a visitor who chose a city also gets its popular doctors."""
         profile = self.profiles.load(visitor_id)
-        return {
-            kind: self.sections.section(profile, kind, size)
-            for kind, size in sizes.items()
-        }
+        return HomeSections(
+            {
+                kind: self.sections.section(profile, kind, size, exclude_seen=True)
+                for kind, size in sizes.items()
+            },
+            self.sections.recently_viewed(profile, recently_viewed),
+            profile.city,
+            self.sections.popular_in_city(profile.city, popular_in_city)
+            if profile.city and popular_in_city
+            else None,
+        )
 
-    def recommend(self, kind: str, visitor_id: str | None, limit: int) -> Ranking:
-        """One kind of item ranked for a visitor (None: popular)."""
-        return self.sections.section(self.profiles.load(visitor_id), kind, limit)
+    def recommend(
+        self,
+        kind: str,
+        visitor_id: str | None,
+        limit: int,
+        algorithm: str = HYBRID,
+    ) -> Ranking:
+        """One kind of item ranked for a visitor (None: popular) by one of the
+        ALGORITHMS (the served one by default)."""
+        return self.sections.section(
+            self.profiles.load(visitor_id),
+            kind,
+            limit,
+            recommender=self.recommenders.for_algorithm(algorithm),
+        )
 
     def similar(self, item: ItemKey, limit: int) -> Ranking:
         """Items like this one."""
         return self.sections.similar(item, limit)
+
+    # Consultation requests (personal data: never streamed anywhere)
+
+    def request_consultation(
+        self,
+        visitor_id: str | None,
+        tracked_session: str | None,
+        subject: ItemKey,
+        contact: Contact,
+    ) -> str:
+        """Store a consultation request and, for a tracked visitor, their
+        form_submit on its subject (the strongest signal), in one transaction;
+        return the request's reference."""
+        with self.transaction():
+            request = self.consultations.create(visitor_id, subject, contact)
+            if visitor_id and tracked_session:
+                self.ingest.record(
+                    [
+                        VisitorInteraction(
+                            visitor_id,
+                            tracked_session,
+                            Interaction(
+                                "form_submit", subject, {"form": "consultation"}
+                            ),
+                        )
+                    ],
+                    None,
+                )
+            return request.reference
+
+    def consultation(self, reference: str):
+        """One request by its reference (the confirmation page), or None."""
+        return self.consultations.by_reference(reference)
+
+    def leads(self, since: datetime | None = None) -> list[dict]:
+        """Every consultation request (made since a moment), as plain records."""
+        try:
+            return [as_record(r) for r in self.consultations.since(since)]
+        finally:
+            self.session.rollback()
+
+    # What a visitor chose
+
+    def visitor_city(self, visitor_id: str | None) -> str | None:
+        """The city the visitor chose to see doctors in, if any."""
+        return self.preferences.city(visitor_id)
+
+    def choose_city(self, visitor_id: str, city: str | None) -> None:
+        """Remember the visitor's city (None: every city); committed on return."""
+        with self.transaction():
+            self.preferences.choose_city(visitor_id, city)
+
+    def regional_match_rates(
+        self, sample_size: int, k: int, seed: int = 0
+    ) -> list[CityRates]:
+        """Per chosen city: how often each procedure is in a sampled visitor's
+        top k, as the home page ranks it."""
+        try:
+            return match_rates(
+                self.preferences.visitors_by_city(),
+                lambda visitor_id: [
+                    entry.item.id
+                    for entry in self.sections.section(
+                        self.profiles.load(visitor_id),
+                        "procedure",
+                        k,
+                        exclude_seen=True,
+                    )
+                ],
+                sample_size,
+                seed,
+            )
+        finally:
+            self.session.rollback()
 
     # Maintenance
 

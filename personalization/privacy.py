@@ -9,12 +9,15 @@ from sqlalchemy import delete, func, select
 
 from models import (
     Category,
+    ConsultationRequest,
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
+    VisitorPreference,
     as_utc,
     utcnow,
 )
+from personalization.consultations import Consultations, as_record
 from personalization.events import ItemKey
 from personalization.items import Items
 from personalization.settings import Settings
@@ -22,18 +25,40 @@ from personalization.statistics import decayed
 
 
 class Privacy:
-    def __init__(self, session, settings: Settings, items: Items):
+    def __init__(
+        self,
+        session,
+        settings: Settings,
+        items: Items,
+        consultations: Consultations,
+    ):
         self.session = session
         self.settings = settings
         self.items = items
+        self.consultations = consultations
 
     def summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
         interactions = self.session.scalar(
             select(func.count()).where(UserInteraction.user_id == visitor_id)
         )
+        requests = self.session.scalar(
+            select(func.count()).where(ConsultationRequest.user_id == visitor_id)
+        )
         interests = [row["category"] for row in self.interests(visitor_id)[:3]]
-        return {"interactions": interactions, "interests": interests}
+        return {
+            "interactions": interactions,
+            "interests": interests,
+            "consultation_requests": requests,
+            "city": self.city(visitor_id),
+        }
+
+    def city(self, visitor_id: str) -> str | None:
+        return self.session.scalar(
+            select(VisitorPreference.city).where(
+                VisitorPreference.user_id == visitor_id
+            )
+        )
 
     def interests(self, visitor_id: str, now: datetime | None = None) -> list[dict]:
         """The visitor's interest per category, decayed to now, strongest first."""
@@ -92,6 +117,7 @@ class Privacy:
             "visitor_id": visitor_id,
             "exported_at": now.isoformat(),
             "retention_days": self.settings.interaction_retention_days,
+            "city": self.city(visitor_id),
             "interests": self.interests(visitor_id, now),
             "interactions": [
                 {
@@ -112,6 +138,11 @@ class Privacy:
                 {"type": kind, "item": item, "at": as_utc(stamp).isoformat()}
                 for kind, item, stamp in outbox
             ],
+            "consultation_requests": [
+                as_record(request)
+                for request in self.consultations.of_visitor(visitor_id)
+            ],
+            "consultation_retention_days": self.settings.consultation_retention_days,
         }
 
     def item_names(self, keys) -> dict[ItemKey, str]:
@@ -126,7 +157,8 @@ class Privacy:
         }
 
     def forget(self, visitor_id: str) -> dict[str, int]:
-        """Delete every interaction and affinity of the visitor; count them.
+        """Delete every interaction, affinity, consultation request and
+        preference of the visitor; count them.
 
         Events still waiting for Personalize go too: erasure reaches the outbox.
         """
@@ -141,4 +173,14 @@ class Privacy:
         self.session.execute(
             delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id == visitor_id)
         )
-        return {"interactions": interactions, "affinities": affinities}
+        requests = self.session.execute(
+            delete(ConsultationRequest).where(ConsultationRequest.user_id == visitor_id)
+        ).rowcount
+        self.session.execute(
+            delete(VisitorPreference).where(VisitorPreference.user_id == visitor_id)
+        )
+        return {
+            "interactions": interactions,
+            "affinities": affinities,
+            "consultation_requests": requests,
+        }

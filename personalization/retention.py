@@ -7,11 +7,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, func, select
 
 from models import (
+    ConsultationRequest,
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
+    VisitorPreference,
     WebhookEventKey,
 )
+from personalization.settings import Settings
 from personalization.statistics import Affinity
 
 # How long webhook de-duplication keys are kept: Amplitude retries for 4 hours.
@@ -29,13 +32,15 @@ class RetentionTask:
 
 
 class Retention:
-    def __init__(self, session, affinity: Affinity):
+    def __init__(self, session, settings: Settings, affinity: Affinity):
         self.session = session
+        self.settings = settings
         self.affinity = affinity
 
     def tasks(self, days: int, now: datetime) -> list[RetentionTask]:
         """Everything the cleanup removes: every table that holds visitor data,
-        on one schedule (`days`, INTERACTION_RETENTION_DAYS by default).
+        on one schedule (`days`, INTERACTION_RETENTION_DAYS by default), and
+        consultation requests after CONSULTATION_RETENTION_DAYS.
 
         tests/test_cleanup.py fails when a table with a visitor column is added
         without a task here.
@@ -78,6 +83,23 @@ class Retention:
                     < now - timedelta(days=min(days, WEBHOOK_KEY_DAYS))
                 )
                 .order_by(WebhookEventKey.key_hash),
+            ),
+            RetentionTask(
+                "city choices",
+                VisitorPreference,
+                select(VisitorPreference.user_id)
+                .where(VisitorPreference.updated_at < cutoff)
+                .order_by(VisitorPreference.user_id),
+            ),
+            RetentionTask(
+                "consultation requests",
+                ConsultationRequest,
+                select(ConsultationRequest.id)
+                .where(
+                    ConsultationRequest.created_at
+                    < now - timedelta(days=self.settings.consultation_retention_days)
+                )
+                .order_by(ConsultationRequest.id),
             ),
         ]
 

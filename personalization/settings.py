@@ -66,6 +66,9 @@ class Settings:
     search_results_counted: int = tunable(3, 1, 50)
     # How long interactions are kept (cleanup, webhook events).
     interaction_retention_days: int = tunable(90, 1, None)
+    # How long consultation requests are kept: long enough for the clinic to
+    # follow up, then erased (personal data).
+    consultation_retention_days: int = tunable(180, 1, None)
     # The weight table: DEFAULT_INTERACTION_WEIGHTS with INTERACTION_WEIGHTS on top.
     interaction_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS)
