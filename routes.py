@@ -16,22 +16,35 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from catalog import search_catalog
+from catalog import all_packages, cities, doctors_page
 from extensions import limiter
-from models import Category, Doctor, Package, Procedure, db, doctor_procedures
+from forms import ConsultationForm
+from models import (
+    Category,
+    Doctor,
+    Package,
+    Procedure,
+    db,
+    doctor_procedures,
+    top_rated_order,
+)
 from personalization.events import Interaction, ItemKey, is_decimal
+from personalization.recommenders import ALGORITHMS, HYBRID
 from personalization_system import current_system
+from search import search_catalog
 from visitor import (
     address_rate_key,
     current_visitor,
     forget_visitor_cookie,
     remember_tracking_choice,
     visitor_id_from_cookie,
+    visitor_rate_key,
 )
 
 log = logging.getLogger(__name__)
@@ -39,8 +52,13 @@ log = logging.getLogger(__name__)
 web = Blueprint("web", __name__)
 
 # Home page sections, by item kind, and their sizes.
-HOME_SECTION_SIZES = {"category": 6, "procedure": 6, "doctor": 9}
-DOCTORS_ON_CATEGORY_PAGE = 9
+# Sizes are multiples of 6, so grids of 1, 2 or 3 columns have no orphan card.
+HOME_SECTION_SIZES = {"procedure": 6, "doctor": 6, "category": 6}
+RECENTLY_VIEWED = 6
+POPULAR_IN_CITY = 6
+DOCTORS_ON_CATEGORY_PAGE = 6
+DOCTORS_ON_PROCEDURE_PAGE = 6
+SEARCH_FALLBACK_PROCEDURES = 6
 SIMILAR_PROCEDURES = 6
 # The recommendations API: its content types, the kind of item each lists, their
 # default sizes and its ceiling.
@@ -49,7 +67,7 @@ CONTENT_TYPE_KINDS = {
     "procedures": "procedure",
     "doctors": "doctor",
 }
-RECOMMENDATION_LIMITS = {"categories": 6, "procedures": 6, "doctors": 9}
+RECOMMENDATION_LIMITS = {"categories": 6, "procedures": 6, "doctors": 6}
 MAX_LIMIT = 50
 ITEM_ENDPOINTS = {
     "categories": "web.category",
@@ -87,13 +105,10 @@ def get_by_slug(model, slug: str):
 @web.get("/")
 def home():
     log_page_view()
-    sections = current_system().home_sections(current_visitor().id, HOME_SECTION_SIZES)
-    return render_template(
-        "home.html",
-        categories=sections["category"],
-        procedures=sections["procedure"],
-        doctors=sections["doctor"],
+    home = current_system().home_sections(
+        current_visitor().id, HOME_SECTION_SIZES, RECENTLY_VIEWED, POPULAR_IN_CITY
     )
+    return render_template("home.html", home=home, sections=home.by_kind)
 
 
 @web.get("/categories")
@@ -113,21 +128,45 @@ def procedures():
 @web.get("/doctors")
 def doctors():
     log_page_view()
-    city = request.args.get("city", "").strip()
-    cities = db.session.scalars(
-        select(Doctor.city).distinct().order_by(Doctor.city)
-    ).all()
-    statement = select(Doctor).order_by(
-        Doctor.rating.desc(), Doctor.review_count.desc(), Doctor.name
-    )
-    if city:
-        statement = statement.where(Doctor.city == city)
+    city = chosen_city()
+    slug = request.args.get("procedure")
+    procedure = get_by_slug(Procedure, slug) if slug else None
+    page = doctors_page(city, procedure, page_number())
+    if page is None:
+        abort(404, description="There is no such page of doctors.")
     return render_template(
-        "doctors.html",
-        doctors=db.session.scalars(statement).all(),
-        cities=cities,
-        city=city,
+        "doctors.html", page=page, cities=cities(), city=city, procedure=procedure
     )
+
+
+@web.get("/packages")
+def packages():
+    log_page_view()
+    return render_template("packages.html", packages=all_packages())
+
+
+def chosen_city() -> str | None:
+    """The city to list doctors in: ?city= when given (then remembered for a
+    tracked visitor; empty means every city), else the one they chose before."""
+    visitor = current_visitor()
+    if "city" not in request.args:
+        return current_system().visitor_city(visitor.id)
+    city = request.args["city"].strip() or None
+    if city is not None and city not in cities():
+        abort(
+            400, description=f"No doctors practise in {city!r}: choose a listed city."
+        )
+    if visitor.tracked:
+        current_system().choose_city(visitor.id, city)
+    return city
+
+
+def page_number() -> int:
+    """Read ?page=: a whole number from 1 (400 otherwise)."""
+    raw = request.args.get("page", "1")
+    if not is_decimal(raw) or int(raw) < 1 or len(raw) > 6:
+        abort(400, description="page must be a whole number from 1.")
+    return int(raw)
 
 
 @web.get("/categories/<slug>")
@@ -143,7 +182,7 @@ def category(slug: str):
                 .where(Procedure.category_id == item.id)
             )
         )
-        .order_by(Doctor.rating.desc(), Doctor.review_count.desc(), Doctor.name)
+        .order_by(*top_rated_order())
         .limit(DOCTORS_ON_CATEGORY_PAGE)
     ).all()
     return render_template("category.html", category=item, doctors=doctors)
@@ -153,24 +192,98 @@ def category(slug: str):
 def procedure(slug: str):
     item = get_by_slug(Procedure, slug)
     log_page_view(ItemKey("procedure", item.id))
+    return procedure_page(item, ConsultationForm())
+
+
+def procedure_page(item: Procedure, form: ConsultationForm) -> str:
+    city = chosen_city()
     similar = current_system().similar(
         ItemKey("procedure", item.id), SIMILAR_PROCEDURES
     )
-    return render_template("procedure.html", procedure=item, similar=similar)
+    return render_template(
+        "procedure.html",
+        procedure=item,
+        similar=similar,
+        city=city,
+        cities=cities(),
+        doctors=doctors_page(city, item, 1, DOCTORS_ON_PROCEDURE_PAGE),
+        form=form,
+    )
 
 
 @web.get("/doctors/<slug>")
 def doctor(slug: str):
     item = get_by_slug(Doctor, slug)
     log_page_view(ItemKey("doctor", item.id))
-    return render_template("doctor.html", doctor=item)
+    return doctor_page(item, ConsultationForm())
+
+
+def doctor_page(item: Doctor, form: ConsultationForm) -> str:
+    return render_template("doctor.html", doctor=item, form=form)
 
 
 @web.get("/packages/<slug>")
 def package(slug: str):
     item = get_by_slug(Package, slug)
     log_page_view(ItemKey("package", item.id))
-    return render_template("package.html", package=item)
+    return package_page(item, ConsultationForm())
+
+
+def package_page(item: Package, form: ConsultationForm) -> str:
+    return render_template("package.html", package=item, form=form)
+
+
+# What a consultation can be about: the URL's word, its model, its item kind
+# and the page the form sits on.
+CONSULTATION_SUBJECTS = {
+    "doctors": (Doctor, "doctor", doctor_page),
+    "procedures": (Procedure, "procedure", procedure_page),
+    "packages": (Package, "package", package_page),
+}
+
+
+@web.post("/<any(doctors, procedures, packages):kind>/<slug>/consultation")
+@limiter.limit(
+    lambda: current_app.config["CONSULTATION_RATE_LIMIT"], key_func=visitor_rate_key
+)
+@limiter.limit(
+    lambda: current_app.config["CONSULTATION_RATE_LIMIT"], key_func=address_rate_key
+)
+def request_consultation(kind: str, slug: str):
+    """Store a consultation request, or show the page again with each error
+    next to its field (422, nothing stored)."""
+    model, item_kind, page = CONSULTATION_SUBJECTS[kind]
+    item = get_by_slug(model, slug)
+    form = ConsultationForm()
+    if form.is_spam:
+        # Answer a bot as if it succeeded, so it learns nothing; store nothing.
+        log.info("consultation request dropped: the honeypot was filled")
+        session.pop("consultation", None)
+        return redirect(url_for("web.consultation_sent"), code=303)
+    if not form.validate_on_submit():
+        return page(item, form), 422
+    visitor = current_visitor()
+    reference = current_system().request_consultation(
+        visitor.id if visitor.tracked else visitor_id_from_cookie(),
+        visitor.session_id if visitor.tracked else None,
+        ItemKey(item_kind, item.id),
+        form.contact(),
+    )
+    # Only this browser's session can show the confirmation's details.
+    session["consultation"] = reference
+    return redirect(url_for("web.consultation_sent"), code=303)
+
+
+@web.get("/consultations/sent")
+def consultation_sent():
+    """What happens next, for the request this browser just sent."""
+    reference = session.get("consultation")
+    sent = current_system().consultation(reference) if reference else None
+    return render_template(
+        "consultation_sent.html",
+        consultation=sent,
+        retention_days=current_system().settings.consultation_retention_days,
+    )
 
 
 @web.get("/search")
@@ -179,14 +292,25 @@ def search():
     # records only the page, so a search is not counted twice.
     log_page_view()
     results = search_catalog(request.args.get("q"))
-    return render_template("search.html", results=results)
+    # No dead end: a search that finds nothing offers the popular procedures.
+    popular = (
+        current_system().recommend("procedure", None, SEARCH_FALLBACK_PROCEDURES)
+        if not results.total
+        else []
+    )
+    return render_template("search.html", results=results, popular=popular)
 
 
 def stored_about_this_browser() -> dict:
     """How much is stored about the visitor this browser's cookie names."""
     visitor_id = visitor_id_from_cookie()
     if not visitor_id:
-        return {"interactions": 0, "interests": []}
+        return {
+            "interactions": 0,
+            "interests": [],
+            "consultation_requests": 0,
+            "city": None,
+        }
     return current_system().visitor_summary(visitor_id)
 
 
@@ -210,7 +334,12 @@ def download_my_data():
     data = (
         current_system().visitor_data(visitor_id)
         if visitor_id
-        else {"visitor_id": None, "interests": [], "interactions": []}
+        else {
+            "visitor_id": None,
+            "interests": [],
+            "interactions": [],
+            "consultation_requests": [],
+        }
     )
     response = current_app.json.response(data)
     response.headers["Content-Disposition"] = (
@@ -317,21 +446,28 @@ def recommendations(content_type: str):
             "error": "content_type must be one of " + ", ".join(RECOMMENDATION_LIMITS)
         }, 400
     limit, error = parse_limit(
-        request.args.get("limit"), RECOMMENDATION_LIMITS[content_type]
+        request.args.get("limit"),
+        request.args.get("top_k"),
+        RECOMMENDATION_LIMITS[content_type],
     )
     if error:
         return {"error": error}, 400
+    algorithm = request.args.get("algorithm", HYBRID)
+    if algorithm not in ALGORITHMS:
+        return {"error": "algorithm must be one of " + ", ".join(ALGORITHMS)}, 400
     slug = request.args.get("item")
     if slug is not None:
         if content_type != "procedures":
             return {"error": "item is only supported for procedures"}, 400
+        if algorithm != HYBRID:
+            return {"error": "item (similar procedures) takes no algorithm"}, 400
         item = db.session.scalar(select(Procedure).where(Procedure.slug == slug))
         if item is None:
             return {"error": f"no procedure with slug {slug!r}"}, 404
         ranking = current_system().similar(ItemKey("procedure", item.id), limit)
     else:
         ranking = current_system().recommend(
-            CONTENT_TYPE_KINDS[content_type], current_visitor().id, limit
+            CONTENT_TYPE_KINDS[content_type], current_visitor().id, limit, algorithm
         )
     return {
         "content_type": content_type,
@@ -341,22 +477,28 @@ def recommendations(content_type: str):
             {
                 "id": entry.item.id,
                 "slug": entry.item.slug,
-                "name": entry.item.name,
+                "name": entry.item.display_name,
                 "url": url_for(ITEM_ENDPOINTS[content_type], slug=entry.item.slug),
                 "score": entry.score,
                 "reason": entry.reason,
+                "why": entry.why,
             }
             for entry in ranking
         ],
     }
 
 
-def parse_limit(raw: str | None, default: int) -> tuple[int, str | None]:
-    """Read ?limit=: a whole number from 1 to MAX_LIMIT."""
+def parse_limit(
+    limit: str | None, top_k: str | None, default: int
+) -> tuple[int, str | None]:
+    """Read ?limit= or its alias ?top_k=: a whole number from 1 to MAX_LIMIT."""
+    if limit is not None and top_k is not None and limit != top_k:
+        return default, "give limit or top_k (its alias), not two different values"
+    raw, name = (limit, "limit") if limit is not None else (top_k, "top_k")
     if raw is None:
         return default, None
-    if not is_decimal(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        return default, f"limit must be a whole number from 1 to {MAX_LIMIT}"
+    if not is_decimal(raw) or len(raw) > 3 or not 1 <= int(raw) <= MAX_LIMIT:
+        return default, f"{name} must be a whole number from 1 to {MAX_LIMIT}"
     return int(raw), None
 
 
@@ -371,13 +513,14 @@ def forget():
     deleted = (
         current_system().forget_visitor(visitor_id)
         if visitor_id
-        else {"interactions": 0, "affinities": 0}
+        else {"interactions": 0, "affinities": 0, "consultation_requests": 0}
     )
     log.info("visitor erased: %s", deleted)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         flash(
-            f"Deleted {counted(deleted['interactions'], 'recorded interaction')} "
-            f"and {counted(deleted['affinities'], 'interest score')}."
+            f"Deleted {counted(deleted['interactions'], 'recorded interaction')}, "
+            f"{counted(deleted['affinities'], 'interest score')} and "
+            f"{counted(deleted['consultation_requests'], 'consultation request')}."
         )
         response = redirect(url_for("web.privacy"), code=303)
     else:
