@@ -459,12 +459,12 @@ def recommendations(content_type: str):
     if slug is not None:
         if content_type != "procedures":
             return {"error": "item is only supported for procedures"}, 400
-        if algorithm != HYBRID:
-            return {"error": "item (similar procedures) takes no algorithm"}, 400
         item = db.session.scalar(select(Procedure).where(Procedure.slug == slug))
         if item is None:
             return {"error": f"no procedure with slug {slug!r}"}, 404
-        ranking = current_system().similar(ItemKey("procedure", item.id), limit)
+        ranking = current_system().similar(
+            ItemKey("procedure", item.id), limit, algorithm
+        )
     else:
         ranking = current_system().recommend(
             CONTENT_TYPE_KINDS[content_type], current_visitor().id, limit, algorithm
@@ -491,9 +491,8 @@ def recommendations(content_type: str):
 def parse_limit(
     limit: str | None, top_k: str | None, default: int
 ) -> tuple[int, str | None]:
-    """Read ?limit= or its alias ?top_k=: a whole number from 1 to MAX_LIMIT."""
-    if limit is not None and top_k is not None and limit != top_k:
-        return default, "give limit or top_k (its alias), not two different values"
+    """Read ?limit= or its alias ?top_k= (limit wins when both are given): a
+    whole number from 1 to MAX_LIMIT."""
     raw, name = (limit, "limit") if limit is not None else (top_k, "top_k")
     if raw is None:
         return default, None
@@ -517,11 +516,15 @@ def forget():
     )
     log.info("visitor erased: %s", deleted)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        flash(
-            f"Deleted {counted(deleted['interactions'], 'recorded interaction')}, "
-            f"{counted(deleted['affinities'], 'interest score')} and "
-            f"{counted(deleted['consultation_requests'], 'consultation request')}."
-        )
+        parts = [
+            counted(deleted["interactions"], "recorded interaction"),
+            counted(deleted["affinities"], "interest score"),
+        ]
+        if deleted["consultation_requests"]:
+            parts.append(
+                counted(deleted["consultation_requests"], "consultation request")
+            )
+        flash(f"Deleted {', '.join(parts[:-1])} and {parts[-1]}.")
         response = redirect(url_for("web.privacy"), code=303)
     else:
         response = current_app.json.response({"deleted": deleted})

@@ -131,8 +131,14 @@ def test_bad_options_and_failures_exit_non_zero(history, runner, tmp_path):
 
 
 def add_everything_once(app, age_in_days: float) -> None:
-    """One row of every table holding visitor data, `age_in_days` old."""
-    from models import PersonalizeOutbox, WebhookEventKey
+    """One row of every table holding visitor data, `age_in_days` old (a
+    consultation request 60 days more: it has its own, longer, period)."""
+    from models import (
+        ConsultationRequest,
+        PersonalizeOutbox,
+        VisitorPreference,
+        WebhookEventKey,
+    )
 
     then = utcnow() - timedelta(days=age_in_days)
     tag = f"{age_in_days:g}"
@@ -176,6 +182,20 @@ def add_everything_once(app, age_in_days: float) -> None:
         db.session.add(
             WebhookEventKey(key_hash=f"k{tag}".ljust(64, "0"), received_at=then)
         )
+        db.session.add(
+            VisitorPreference(user_id=f"v{tag}", city="Miami", updated_at=then)
+        )
+        db.session.add(
+            ConsultationRequest(
+                reference=f"R{tag}",
+                user_id=f"v{tag}",
+                name="Maya",
+                email="maya@example.com",
+                message="",
+                consent_to_contact=True,
+                created_at=then - timedelta(days=60),
+            )
+        )
         db.session.commit()
 
 
@@ -210,7 +230,7 @@ def test_every_table_with_visitor_data_has_a_retention_task(catalog):
 def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, catalog):
     # Interest that barely fades: only its age can remove it.
     app = create_app(app_config(database_url, AFFINITY_DECAY_RATE=0.999))
-    add_everything_once(app, 120)  # past the 90 days
+    add_everything_once(app, 121)  # past the 90 days (and requests' 180)
     add_everything_once(app, 3)  # within them (and within 7 days for keys)
     assert set(rows_by_table(app).values()) >= {2, 6}
     result = app.test_cli_runner().invoke(args=["personalization", "cleanup"])
@@ -220,4 +240,6 @@ def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, cat
         "user_category_affinity": 1,
         "personalize_outbox": 3,  # the 3-day-old rows, whatever their state
         "webhook_event_keys": 1,
+        "visitor_preferences": 1,
+        "consultation_requests": 1,
     }

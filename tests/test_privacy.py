@@ -39,7 +39,7 @@ def test_privacy_signals_stop_all_tracking(catalog, signal):
     assert stored_interactions(catalog) == []
     # Popular content still fills the page.
     home = visitor.get("/").get_data(as_text=True)
-    assert home.count('data-track-type="doctor"') == 9
+    assert home.count('data-track-type="doctor"') == 6
 
 
 def test_opting_out_on_the_privacy_page_stops_tracking(catalog, browser):
@@ -172,7 +172,9 @@ def test_forget_deletes_this_visitors_history_only(catalog, browser):
 
     response = browser.post("/personalization/forget")
     assert response.status_code == 200
-    assert response.get_json() == {"deleted": {"interactions": 2, "affinities": 1}}
+    assert response.get_json() == {
+        "deleted": {"interactions": 2, "affinities": 1, "consultation_requests": 0}
+    }
     assert browser.cookie("antidote_visitor") is None
     remaining = stored_interactions(catalog)
     assert len(remaining) == 1
@@ -194,7 +196,7 @@ def test_forget_works_after_opting_out(catalog, browser):
     browser.get("/procedures/botox")
     browser.post("/privacy/tracking", data={"choice": "off"})
     deleted = browser.post("/personalization/forget").get_json()["deleted"]
-    assert deleted == {"interactions": 1, "affinities": 1}
+    assert deleted == {"interactions": 1, "affinities": 1, "consultation_requests": 0}
 
 
 def test_forget_needs_the_csrf_token(catalog, browser):

@@ -55,7 +55,9 @@ def test_because_you_viewed_after_two_clicks(site, chromium, artifacts):
     page.go_back()
     page.locator('main a[data-track-type="procedure"]', has_text="Lip Fillers").tap()
     page.wait_for_load_state()
-    wait_for_rows(site, "SELECT 1 FROM user_interactions WHERE target_id IS NOT NULL", 4)
+    wait_for_rows(
+        site, "SELECT 1 FROM user_interactions WHERE target_id IS NOT NULL", 4
+    )
     page.goto(site.url("/"))
     heading = page.locator("#procedures-heading")
     assert heading.inner_text() == "Procedures for you"
