@@ -193,9 +193,11 @@ class PersonalizationSystem:
             recommender=self.recommenders.for_algorithm(algorithm),
         )
 
-    def similar(self, item: ItemKey, limit: int) -> Ranking:
-        """Items like this one."""
-        return self.sections.similar(item, limit)
+    def similar(self, item: ItemKey, limit: int, algorithm: str = HYBRID) -> Ranking:
+        """Items like this one, by one of the ALGORITHMS."""
+        return self.sections.similar(
+            item, limit, self.recommenders.for_algorithm(algorithm)
+        )
 
     # Consultation requests (personal data: never streamed anywhere)
 

@@ -157,9 +157,11 @@ class Sections:
             scored = nearby_first(scored, self.items.doctors_in(visitor.city), k)
         return self.load(kind, scored, visitor.city)
 
-    def similar(self, item: ItemKey, k: int) -> Ranking:
+    def similar(
+        self, item: ItemKey, k: int, recommender: Recommender | None = None
+    ) -> Ranking:
         """Items like this one (procedure pages: "similar procedures")."""
-        return self.load(item.kind, self.recommender.similar(item, k))
+        return self.load(item.kind, (recommender or self.recommender).similar(item, k))
 
     def popular_in_city(self, city: str, k: int) -> Ranking:
         """The city's doctors, most popular first, then top rated."""
