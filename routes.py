@@ -491,14 +491,15 @@ def recommendations(content_type: str):
 def parse_limit(
     limit: str | None, top_k: str | None, default: int
 ) -> tuple[int, str | None]:
-    """Read ?limit= or its alias ?top_k= (limit wins when both are given): a
-    whole number from 1 to MAX_LIMIT."""
-    raw, name = (limit, "limit") if limit is not None else (top_k, "top_k")
-    if raw is None:
-        return default, None
-    if not is_decimal(raw) or len(raw) > 3 or not 1 <= int(raw) <= MAX_LIMIT:
-        return default, f"{name} must be a whole number from 1 to {MAX_LIMIT}"
-    return int(raw), None
+    """Read ?limit= or its alias ?top_k=: whole numbers from 1 to MAX_LIMIT;
+    limit wins when both are given."""
+    for name, raw in (("top_k", top_k), ("limit", limit)):
+        if raw is None:
+            continue
+        if not is_decimal(raw) or len(raw) > 3 or not 1 <= int(raw) <= MAX_LIMIT:
+            return default, f"{name} must be a whole number from 1 to {MAX_LIMIT}"
+        default = int(raw)
+    return default, None
 
 
 @web.post("/personalization/forget")

@@ -106,7 +106,8 @@ def test_the_api_explains_each_item(catalog, browser):
 
 
 @pytest.mark.parametrize(
-    "query", ["top_k=3", "limit=3", "limit=3&top_k=3", "limit=3&top_k=9"]
+    "query",
+    ["top_k=3", "limit=3", "limit=3&top_k=3", "limit=3&top_k=9", "top_k=9&limit=3"],
 )
 def test_top_k_is_an_alias_of_limit(catalog, client, query):
     body = client.get(f"/personalization/recommendations/procedures?{query}").get_json()
@@ -119,6 +120,7 @@ def test_top_k_is_an_alias_of_limit(catalog, client, query):
         ("top_k=51", "top_k must be a whole number from 1 to 50"),
         ("top_k=0", "top_k must be"),
         ("top_k=%C2%B2", "top_k must be"),
+        ("limit=3&top_k=true", "top_k must be"),
         ("algorithm=magic", "algorithm must be one of hybrid, collaborative"),
         ("algorithm=", "algorithm must be one of"),
         ("item=botox&algorithm=magic", "algorithm must be one of"),
