@@ -145,11 +145,16 @@ class Sections:
     ) -> Ranking:
         """The visitor's top k items of a kind, always k when the catalog has them.
 
-        exclude_seen: leave out what the visitor recently saw (pages show it in
-        "recently viewed", so "for you" brings something new).
+        exclude_seen: leave out the procedures, doctors and packages the visitor
+        recently saw (pages show them in "recently viewed", so "for you" brings
+        something new); categories stay, they are where the visitor browses.
         """
         recommender = recommender or self.recommender
-        seen = frozenset(visitor.recent) if exclude_seen else frozenset()
+        seen = (
+            frozenset(key for key in visitor.recent if key.kind in VIEWABLE_KINDS)
+            if exclude_seen
+            else frozenset()
+        )
         regional = kind == "doctor" and visitor.city
         pool = max(k, REGIONAL_POOL) if regional else k
         scored = page_list(recommender, visitor, kind, pool, seen)

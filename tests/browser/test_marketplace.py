@@ -21,8 +21,8 @@ def test_consultation_request_from_a_doctor_page_on_a_phone(site, chromium, arti
     form.get_by_label("Your name").fill("Maya Rivera")
     form.locator("#email").fill("maya@example")  # a typo the server catches
     form.locator("#consent").check()
-    form.get_by_role("button", name="Send request").tap()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        form.get_by_role("button", name="Send request").tap()
     error = page.locator("#email-error")
     assert "Enter an email address like" in error.inner_text()
     assert page.locator("#name").input_value() == "Maya Rivera"  # nothing retyped
@@ -31,8 +31,8 @@ def test_consultation_request_from_a_doctor_page_on_a_phone(site, chromium, arti
 
     page.locator("#email").fill("maya@example.com")
     page.locator("#consent").check()
-    page.get_by_role("button", name="Send request").tap()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Send request").tap()
     assert page.locator("h1").inner_text() == "Your request was sent"
     assert f"Dr. {name}" in page.locator("main").inner_text()
     reference = page.locator(".reference").inner_text()
@@ -49,12 +49,11 @@ def test_consultation_request_from_a_doctor_page_on_a_phone(site, chromium, arti
 def test_because_you_viewed_after_two_clicks(site, chromium, artifacts):
     context = chromium.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
-    page.goto(site.url("/categories/injectables"))
-    page.locator('main a[data-track-type="procedure"]', has_text="Botox").first.tap()
-    page.wait_for_load_state()
-    page.go_back()
-    page.locator('main a[data-track-type="procedure"]', has_text="Lip Fillers").tap()
-    page.wait_for_load_state()
+    for name in ("Botox", "Lip Fillers"):
+        page.goto(site.url("/categories/injectables"))
+        link = page.locator('main a[data-track-type="procedure"]', has_text=name).first
+        with page.expect_navigation():
+            link.tap()
     wait_for_rows(
         site, "SELECT 1 FROM user_interactions WHERE target_id IS NOT NULL", 4
     )

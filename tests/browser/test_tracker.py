@@ -26,7 +26,7 @@ def popular_ids(page, site, content_type: str) -> list[int]:
 def test_first_visit_shows_full_popular_sections(site, page, artifacts):
     page.goto(site.url("/"))
     page.screenshot(path=artifacts / "home-before-personalization.png", full_page=True)
-    for section, size in (("categories", 6), ("procedures", 6), ("doctors", 9)):
+    for section, size in (("categories", 6), ("procedures", 6), ("doctors", 6)):
         heading = page.locator(f"#{section}-heading")
         assert heading.inner_text() == f"Popular {section}"
         assert section_ids(page, section) == popular_ids(page, site, section)
