@@ -160,10 +160,13 @@ def rate_limit_settings() -> dict:
         "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_HEADERS_ENABLED": True,
         "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
-        # Consultation requests, per visitor and per address: people ask a few
-        # clinics, spammers thousands.
+        # Consultation requests: people ask a few clinics, spammers thousands.
         "CONSULTATION_RATE_LIMIT": os.environ.get(
             "CONSULTATION_RATE_LIMIT", "5 per hour;20 per day"
+        ),
+        # Per address, looser: an office or a carrier's NAT is many people.
+        "CONSULTATION_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+            "CONSULTATION_RATE_LIMIT_PER_ADDRESS", "30 per hour;100 per day"
         ),
         # Many people can share an address (an office, a carrier's NAT).
         "TRACKING_RATE_LIMIT_PER_ADDRESS": os.environ.get(

@@ -247,7 +247,8 @@ CONSULTATION_SUBJECTS = {
     lambda: current_app.config["CONSULTATION_RATE_LIMIT"], key_func=visitor_rate_key
 )
 @limiter.limit(
-    lambda: current_app.config["CONSULTATION_RATE_LIMIT"], key_func=address_rate_key
+    lambda: current_app.config["CONSULTATION_RATE_LIMIT_PER_ADDRESS"],
+    key_func=address_rate_key,
 )
 def request_consultation(kind: str, slug: str):
     """Store a consultation request, or show the page again with each error

@@ -154,25 +154,27 @@ def test_the_form_needs_its_csrf_token(database_url, catalog):
 
 def test_requests_are_rate_limited_per_visitor_and_per_address(database_url, catalog):
     app = create_app(
-        app_config(database_url, CONSULTATION_RATE_LIMIT="2 per hour", TESTING=False)
+        app_config(
+            database_url,
+            CONSULTATION_RATE_LIMIT="2 per hour",
+            CONSULTATION_RATE_LIMIT_PER_ADDRESS="4 per hour",
+            TESTING=False,
+        )
     )
-    slug = doctor_slug(catalog)
+    path = f"/doctors/{doctor_slug(catalog)}"
     visitor = Browser(app, address="198.51.100.1")
-    assert send(visitor, f"/doctors/{slug}").status_code == 303
-    assert send(visitor, f"/doctors/{slug}").status_code == 303
-    refused = send(visitor, f"/doctors/{slug}")
-    assert refused.status_code == 429
-    # A new browser (no cookie) at the same address is held by the address limit.
-    assert (
-        send(Browser(app, address="198.51.100.1"), f"/doctors/{slug}").status_code
-        == 429
-    )
-    # Someone elsewhere is not.
-    assert (
-        send(Browser(app, address="198.51.100.2"), f"/doctors/{slug}").status_code
-        == 303
-    )
-    assert len(requests_stored(catalog)) == 3
+    assert send(visitor, path).status_code == 303
+    assert send(visitor, path).status_code == 303
+    assert send(visitor, path).status_code == 429
+    # New browsers at that address (a bot dropping its cookie each time) are
+    # held by the address's looser limit.
+    answers = [
+        send(Browser(app, address="198.51.100.1"), path).status_code for _ in range(3)
+    ]
+    assert answers[0] == 303 and answers[-1] == 429
+    # Someone elsewhere is not held.
+    assert send(Browser(app, address="198.51.100.2"), path).status_code == 303
+    assert len(requests_stored(catalog)) == 3 + answers.count(303)
 
 
 def test_the_confirmation_shows_details_only_to_the_browser_that_sent_it(
