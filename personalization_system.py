@@ -165,16 +165,21 @@ class PersonalizationSystem:
         their profile once: what they saw recently is in its own strip, not in
         "for you"; a visitor who chose a city also gets its popular doctors."""
         profile = self.profiles.load(visitor_id)
+        sections = {
+            kind: self.sections.section(profile, kind, size, exclude_seen=True)
+            for kind, size in sizes.items()
+        }
+        in_city = None
+        if profile.city and popular_in_city:
+            shown = frozenset(e.item.id for e in sections.get("doctor", []))
+            in_city = self.sections.popular_in_city(
+                profile.city, popular_in_city, shown
+            )
         return HomeSections(
-            {
-                kind: self.sections.section(profile, kind, size, exclude_seen=True)
-                for kind, size in sizes.items()
-            },
+            sections,
             self.sections.recently_viewed(profile, recently_viewed),
             profile.city,
-            self.sections.popular_in_city(profile.city, popular_in_city)
-            if profile.city and popular_in_city
-            else None,
+            in_city if in_city else None,
         )
 
     def recommend(

@@ -44,8 +44,6 @@ class RankedItem:
 
 def explain(reason: str, because, item, city: str | None = None) -> str | None:
     """Say why a recommender placed an item, naming what led to it."""
-    if reason == "nearby" and city:
-        return f"In {city}, where you are looking"
     if reason == "popular_in_city" and city:
         return f"Popular in {city}"
     if because is None or because is item:
@@ -111,11 +109,18 @@ def page_list(
 
 
 def nearby_first(scored: list[Scored], nearby: list[int], k: int) -> list[Scored]:
-    """The doctors of the visitor's city first, in the list's order, then the
-    rest: the region the visitor chose is a signal, not a filter."""
+    """Among the visitor's personal picks, doctors of their city come first: the
+    region they chose is a signal. The popular fill keeps its order (the city's
+    popular doctors have their own section), and no unrelated doctor of the city
+    goes before one who does what the visitor looks for."""
     near = set(nearby)
-    first = [replace(s, reason="nearby") for s in scored if s.item.id in near]
-    return non_increasing((first + [s for s in scored if s.item.id not in near])[:k])
+
+    def place(entry: Scored) -> tuple[bool, bool]:
+        personal = entry.source != FALLBACK
+        return not personal, personal and entry.item.id not in near
+
+    # sorted() is stable: each group keeps the recommender's order.
+    return non_increasing(sorted(scored, key=place)[:k])
 
 
 def source_of(scored: list[Scored]) -> str:
@@ -168,9 +173,12 @@ class Sections:
         """Items like this one (procedure pages: "similar procedures")."""
         return self.load(item.kind, (recommender or self.recommender).similar(item, k))
 
-    def popular_in_city(self, city: str, k: int) -> Ranking:
-        """The city's doctors, most popular first, then top rated."""
-        in_city = self.items.doctors_in(city)
+    def popular_in_city(
+        self, city: str, k: int, shown: frozenset[int] = frozenset()
+    ) -> Ranking:
+        """The city's doctors, most popular first, then top rated; none of the
+        `shown` ones (already on the page)."""
+        in_city = [d for d in self.items.doctors_in(city) if d not in shown]
         popular = self.recommender.recommend(anonymous(), "doctor", REGIONAL_POOL)
         chosen = [s for s in popular if s.item.id in set(in_city)][:k]
         shown = {s.item.id for s in chosen}

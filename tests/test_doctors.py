@@ -127,19 +127,27 @@ def test_procedure_pages_filter_doctors_by_city(catalog, client):
 def test_popular_in_the_chosen_city_on_the_home_page(catalog, browser):
     assert "Popular in" not in browser.get("/").get_data(as_text=True)
     browser.get("/doctors?city=Chicago")
+    browser.get("/procedures/botox")
     home = browser.get("/").get_data(as_text=True)
-    section = home[home.index('id="popular-in-city"') :]
-    assert "Popular in Chicago" in section
     with catalog.app_context():
         in_chicago = {
             d.display_name
             for d in db.session.scalars(select(Doctor).where(Doctor.city == "Chicago"))
         }
-    names = doctor_names(section[: section.index("</section>")])
-    assert names and set(names) <= in_chicago
-    # The chosen city's doctors lead "Doctors for you" too: a regional signal.
-    doctors = home[home.index('id="doctors"') :]
-    assert doctor_names(doctors)[0] in in_chicago
+        botox = db.session.get(Procedure, catalog_id(catalog, Procedure, "botox"))
+        botox_in_chicago = {
+            d.display_name for d in botox.doctors if d.city == "Chicago"
+        }
+    assert botox_in_chicago
+    # Among the doctors picked for the visitor, the chosen city's come first.
+    for_you = doctor_names(home[home.index('id="doctors"') :].split("</section>")[0])
+    assert set(for_you[: len(botox_in_chicago)]) == botox_in_chicago
+    # "Popular in Chicago": the city's other doctors, none shown twice.
+    section = home[home.index('id="popular-in-city"') :].split("</section>")[0]
+    assert "Popular in Chicago" in section
+    popular = doctor_names(section)
+    assert popular and set(popular) <= in_chicago
+    assert not set(popular) & set(for_you)
 
 
 def test_regions_command_reports_match_rates(catalog):

@@ -93,7 +93,6 @@ def test_reasons_in_words():
     assert explain("affinity", botox, item) == "Because you viewed Botox"
     assert explain("viewed", item, item) == "You viewed this"
     assert explain("popular", None, item) is None
-    assert explain("nearby", None, item, "Miami") == "In Miami, where you are looking"
     assert explain("popular_in_city", None, item, "Miami") == "Popular in Miami"
 
 
