@@ -2,6 +2,7 @@
 (rapidfuzz) over an in-memory index of the catalog, results grouped by kind."""
 
 import bisect
+import functools
 import itertools
 import logging
 import re
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 from rapidfuzz import fuzz, process
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, literal, or_, select, union_all
 
 from models import (
     Category,
@@ -327,17 +328,31 @@ def build_index(signature: tuple) -> SearchIndex:
     return SearchIndex(signature, entries, sorted(cities), names)
 
 
+# Statements every search runs are built once: building them costs more than
+# SQLite takes to run them. Each function below builds a bounded few.
+
+
+@functools.cache
+def signature_statement():
+    return union_all(
+        *(
+            select(
+                literal(position),
+                func.count(model.id),
+                func.max(model.id),
+                func.sum(func.length(model.name)),
+            )
+            for position, model in enumerate((Category, Procedure, Doctor, Package))
+        )
+    )
+
+
 def catalog_signature() -> tuple:
     """Counts, highest ids and name lengths of the catalog: what changes when an
     item is added, removed or renamed. One cheap round trip."""
-    parts = []
-    for model in (Category, Procedure, Doctor, Package):
-        parts += [
-            select(func.count(model.id)).scalar_subquery(),
-            select(func.max(model.id)).scalar_subquery(),
-            select(func.sum(func.length(model.name))).scalar_subquery(),
-        ]
-    return tuple(db.session.execute(select(*parts)).one())
+    return tuple(
+        sorted(tuple(row) for row in db.session.execute(signature_statement()))
+    )
 
 
 def search_index() -> SearchIndex:
@@ -541,12 +556,45 @@ class SearchResults:
         return f'"{self.query}"'
 
 
+@functools.cache
+def by_ids_statement(model):
+    return select(model).where(model.id.in_(bindparam("ids", expanding=True)))
+
+
 def load(model, ids: list[int]) -> list:
     """The rows with these ids, in this order."""
     if not ids:
         return []
-    rows = {r.id: r for r in db.session.scalars(select(model).where(model.id.in_(ids)))}
+    found = db.session.scalars(by_ids_statement(model), {"ids": ids})
+    rows = {row.id: row for row in found}
     return [rows[i] for i in ids if i in rows]
+
+
+@functools.cache
+def related_statement(kind: str, found: bool, named: bool, linked: bool, city: bool):
+    """Doctors or packages: those found, or linked to procedures, those named
+    first, in a city; top rated doctors first, cheapest packages first."""
+    if kind == "doctors":
+        model, link, order = Doctor, doctor_procedures, top_rated_order()
+        owner, in_city = link.c.doctor_id, Doctor.city == bindparam("city")
+    else:
+        model, link, order = Package, package_procedures, [Package.price, Package.name]
+        owner = link.c.package_id
+        in_city = Package.doctor.has(Doctor.city == bindparam("city"))
+    wanted = []
+    if found:
+        wanted.append(model.id.in_(bindparam("found", expanding=True)))
+    if linked:
+        procedures = link.c.procedure_id.in_(bindparam("linked", expanding=True))
+        wanted.append(model.id.in_(select(owner).where(procedures)))
+    # Items matched by name first: never cut by the limit.
+    first = [model.id.in_(bindparam("named", expanding=True)).desc()] if named else []
+    statement = select(model).order_by(*first, *order).limit(RESULTS_PER_TYPE)
+    if wanted:
+        statement = statement.where(or_(*wanted))
+    if city:
+        statement = statement.where(in_city)
+    return statement
 
 
 def in_order(rows, named: list[Match]) -> list:
@@ -558,28 +606,25 @@ def in_order(rows, named: list[Match]) -> list:
 
 
 def related(
-    model, link, found: list[Match], procedures: list[int], order, where, everyone
-):
-    """Items of a kind the query found (by name first, then by text) or linked
-    to the named procedures, in `order`, where `where` holds (every one that
-    does when the query names nothing else: a city alone)."""
-    named = [m for m in found if m.level >= 1]
-    wanted = [model.id.in_([m.entry.id for m in found])] if found else []
-    if procedures:
-        owner = next(c for c in link.columns if c.name != "procedure_id")
-        wanted.append(
-            model.id.in_(select(owner).where(link.c.procedure_id.in_(procedures)))
-        )
-    if not (wanted or everyone):
+    kind: str, found: list[Match], linked: list[int], city: str | None, everyone: bool
+) -> list:
+    """Doctors or packages the query found (by name first, then by text) or
+    linked to the procedures it named, only in the city if one (all of the
+    city's when the query names nothing else)."""
+    if not (found or linked or everyone):
         return []
-    # Items matched by name first: never cut by the limit.
-    first = [model.id.in_([m.entry.id for m in named]).desc()] if named else []
-    statement = select(model).order_by(*first, *order).limit(RESULTS_PER_TYPE)
-    if wanted:
-        statement = statement.where(or_(*wanted))
-    if where is not None:
-        statement = statement.where(where)
-    return in_order(db.session.scalars(statement), named)
+    named = [m for m in found if m.level >= 1]
+    values = {
+        "found": [m.entry.id for m in found],
+        "named": [m.entry.id for m in named],
+        "linked": linked,
+        "city": city,
+    }
+    statement = related_statement(
+        kind, bool(found), bool(named), bool(linked), bool(city)
+    )
+    used = {name: value for name, value in values.items() if value}
+    return in_order(db.session.scalars(statement, used), named)
 
 
 def search_catalog(raw_query: str | None) -> SearchResults:
@@ -615,24 +660,8 @@ def fill(results: SearchResults, found: dict[str, list[Match]], reading: Reading
     city = reading.city
     # A city alone lists its doctors and packages; "xyzzy miami" finds nothing.
     city_alone = bool(city) and not reading.terms
-    results.doctors = related(
-        Doctor,
-        doctor_procedures,
-        found["doctors"],
-        named,
-        top_rated_order(),
-        Doctor.city == city if city else None,
-        city_alone,
-    )
-    results.packages = related(
-        Package,
-        package_procedures,
-        found["packages"],
-        named,
-        [Package.price, Package.name],
-        Package.doctor.has(Doctor.city == city) if city else None,
-        city_alone,
-    )
+    results.doctors = related("doctors", found["doctors"], named, city, city_alone)
+    results.packages = related("packages", found["packages"], named, city, city_alone)
     # Doctors and packages found through the procedure (or the city alone)
     # rank as it does.
     strength = {kind: (m[0].level, m[0].direct) for kind, m in found.items() if m}
