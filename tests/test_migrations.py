@@ -52,3 +52,52 @@ def test_upgrade_from_empty_matches_the_models(empty_database_url):
         upgrade()
         assert pending_changes(app) == []
         db.engine.dispose()
+
+
+def test_credentials_migration_keeps_people_and_fixes_their_titles(empty_database_url):
+    """A database seeded when every doctor was stored as "Dr. ...": the upgrade
+    strips the "Dr.", makes nurse practitioners NP, and re-seeding adds no one."""
+    from sqlalchemy import text
+
+    from demo_catalog import seed_demo_catalog
+
+    app = create_app(app_config(empty_database_url))
+    with app.app_context():
+        upgrade(revision="73ee8b10fda4")
+        with db.engine.begin() as connection:
+            for index, (name, title) in enumerate(
+                [
+                    ("Dr. Maya Chen", "Board-Certified Dermatologist"),
+                    ("Dr. Sam Ortiz", "Aesthetic Nurse Practitioner"),
+                    ("Dr. Lee Park", "Physician Assistant, Lasers"),
+                ]
+            ):
+                connection.execute(
+                    text(
+                        "INSERT INTO doctors (name, slug, title, city, rating, "
+                        "review_count, bio) VALUES (:name, :slug, :title, "
+                        "'Miami', 4.5, 10, '')"
+                    ),
+                    {"name": name, "slug": f"d{index}", "title": title},
+                )
+        upgrade()
+        rows = db.session.execute(
+            text("SELECT name, credentials FROM doctors ORDER BY slug")
+        ).all()
+        assert [tuple(row) for row in rows] == [
+            ("Maya Chen", "MD"),
+            ("Sam Ortiz", "NP"),
+            ("Lee Park", "PA-C"),
+        ]
+        seed_demo_catalog()
+        seed_demo_catalog()  # a second run adds nothing
+        names = db.session.scalars(text("SELECT name FROM doctors")).all()
+        assert len(names) == len(set(names))
+        db.session.remove()  # end the read: the downgrade alters the table
+        downgrade(revision="73ee8b10fda4")
+        restored = db.session.scalars(
+            text("SELECT name FROM doctors WHERE slug = 'd0'")
+        )
+        assert restored.one() == "Dr. Maya Chen"
+        db.session.remove()
+        db.engine.dispose()
