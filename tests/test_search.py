@@ -178,6 +178,18 @@ def test_treatment_and_city_lists_only_that_citys_doctors_top_rated_first(
         assert "/doctors?procedure=botox&amp;city=Miami" in page
 
 
+def test_a_treatment_nobody_performs_in_the_city_says_so(client, catalog):
+    with catalog.app_context():
+        there = db.session.scalars(select(Doctor).filter_by(city="Scottsdale")).all()
+        assert not any(
+            p.name == "Eyebrow Transplant" for d in there for p in d.procedures
+        )
+    page = search_page(client, "eyebrow transplant scottsdale")
+    assert section_order(page) == ["procedures"]
+    assert "No doctor in Scottsdale performs Eyebrow Transplant yet." in page
+    assert 'href="/doctors?procedure=eyebrow-transplant&amp;city="' in page
+
+
 def test_a_city_alone_lists_its_doctors(client, catalog):
     page = search_page(client, "nyc")
     with catalog.app_context():
