@@ -417,3 +417,78 @@ def test_search_events_with_nul_characters_are_refused(catalog, visitor, query):
     assert answer.status_code == 400
     assert "NUL" in answer.get_json()["rejected"][0]["error"]
     assert tracked_events(catalog) == []
+
+
+# Consultation requests
+
+
+@pytest.mark.parametrize("text", SQL_INJECTIONS + HTML_INJECTIONS)
+def test_consultation_requests_store_hostile_text_verbatim_and_escape_it(
+    catalog, visitor, text
+):
+    from models import ConsultationRequest, Doctor
+
+    with catalog.app_context():
+        slug = db.session.scalar(select(Doctor.slug).order_by(Doctor.id))
+    form = {
+        "name": text[:100],
+        "email": "maya@example.com",
+        "message": text,
+        "consent": "y",
+    }
+    answer = visitor.post(f"/doctors/{slug}/consultation", data=form)
+    assert answer.status_code == 303
+    page = visitor.get(answer.headers["Location"]).get_data(as_text=True)
+    assert "<script>" not in page
+    with catalog.app_context():
+        [stored] = db.session.scalars(select(ConsultationRequest)).all()
+        assert (stored.name, stored.message) == (text[:100].strip(), text.strip())
+        assert db.session.scalar(select(func.count()).select_from(Category)) == 8
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"name": "Maya", "email": "m@example.com", "consent": "y", "phone": "+" * 40},
+        {"name": "Maya", "email": "m@" + "x" * 300 + ".com", "consent": "y"},
+        {
+            "name": "Maya",
+            "email": "m@example.com",
+            "consent": "y",
+            "preferred_date": "2027-02-30",
+        },
+        {
+            "name": "Maya",
+            "email": "m@example.com",
+            "consent": "y",
+            "preferred_date": "9" * 50,
+        },
+        {},
+    ],
+)
+def test_consultation_requests_refuse_hostile_forms(catalog, visitor, form):
+    from models import ConsultationRequest, Doctor
+
+    with catalog.app_context():
+        slug = db.session.scalar(select(Doctor.slug).order_by(Doctor.id))
+    answer = visitor.post(f"/doctors/{slug}/consultation", data=form)
+    assert answer.status_code in (400, 422)
+    with catalog.app_context():
+        assert db.session.scalars(select(ConsultationRequest)).all() == []
+
+
+def test_consultation_requests_survive_invalid_utf8(catalog, visitor):
+    from models import ConsultationRequest, Doctor
+
+    with catalog.app_context():
+        slug = db.session.scalar(select(Doctor.slug).order_by(Doctor.id))
+    body = b"name=Maya%ED%A0%80%FF&email=m%40example.com&consent=y"
+    answer = visitor.post(
+        f"/doctors/{slug}/consultation",
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert answer.status_code in (303, 422)
+    with catalog.app_context():
+        names = db.session.scalars(select(ConsultationRequest.name)).all()
+    assert all(name.startswith("Maya") and "\x00" not in name for name in names)
