@@ -55,6 +55,7 @@ bench: install-dev
 	$(BIN)/python bench/http_load.py --write BENCHMARKS.md
 	$(BIN)/python bench/serving.py --write BENCHMARKS.md
 	$(BIN)/python bench/cleanup_stall.py --write BENCHMARKS.md
+	$(BIN)/python bench/search_latency.py --write BENCHMARKS.md
 	$(BIN)/python bench/evaluate_public.py --write BENCHMARKS.md
 
 lint: install-dev
