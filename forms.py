@@ -27,6 +27,11 @@ LATEST_PREFERRED_DATE = timedelta(days=365)
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def strip(value):
+    """Drop the spaces people type around a value."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def no_control_characters(_form, field) -> None:
     if field.data and CONTROL.search(field.data):
         raise ValidationError("Remove the invisible control characters.")
@@ -43,7 +48,7 @@ class ConsultationForm(FlaskForm):
             Length(max=100, message="Keep your name under 100 characters."),
             no_control_characters,
         ],
-        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+        filters=[strip],
     )
     email = EmailField(
         "Email",
@@ -52,7 +57,7 @@ class ConsultationForm(FlaskForm):
             Length(max=254, message="That email address is too long."),
             Email("Enter an email address like name@example.com."),
         ],
-        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+        filters=[strip],
     )
     phone = TelField(
         "Phone",
@@ -61,7 +66,7 @@ class ConsultationForm(FlaskForm):
             Length(max=32, message="That phone number is too long."),
             Regexp(PHONE, message="Use digits, spaces, +, ( ) and - only."),
         ],
-        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+        filters=[strip],
     )
     preferred_date = DateField(
         "Preferred date (optional)",

@@ -6,7 +6,6 @@ import xml.etree.ElementTree as ElementTree
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
-import pytest
 from sqlalchemy import select
 
 from models import Doctor, Package, Procedure, db
@@ -212,10 +211,6 @@ def test_the_category_page_header_has_its_picture(client, catalog):
     assert 'data-art="category-injectables"' in header
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs one line in templates/procedure.html (remove this mark with it)",
-)
 def test_the_procedure_page_header_has_its_picture(client, catalog):
     html = get(client, "/procedures/botox")
     header = html[html.index("<article>") : html.index("<h1>")]
@@ -271,10 +266,6 @@ def test_a_doctor_without_initials_gets_a_silhouette(app):
     assert large.get("width") == "96"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs one line in templates/doctor.html (remove this mark with it)",
-)
 def test_the_doctor_page_header_shows_the_avatar(client, catalog):
     slug = first_slug(catalog, Doctor)
     html = get(client, f"/doctors/{slug}")
