@@ -541,6 +541,12 @@ def counted(number: int, thing: str) -> str:
     return f"{number} {thing}" if number == 1 else f"{number} {thing}s"
 
 
+@web.get("/favicon.ico")
+def favicon():
+    """Browsers that ask for /favicon.ico get the site's SVG icon."""
+    return redirect(url_for("static", filename="favicon.svg"), code=301)
+
+
 @web.get("/healthz")
 def healthz():
     """Report whether the site and its database can serve requests."""

@@ -368,3 +368,9 @@ def test_pictures_cost_no_query_per_card(client, catalog):
     reading_categories = [s for s in statements if "FROM categories" in s]
     assert 1 <= len(reading_categories) <= 2
     assert len(statements) < 20
+
+
+def test_favicon_ico_leads_to_the_svg_icon(client):
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 301
+    assert answer.headers["Location"].endswith("/static/favicon.svg")
