@@ -12,6 +12,7 @@ from werkzeug.exceptions import Forbidden, HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import personalization_system
+import pictures
 from config import fingerprint_key, normalize_database_url, settings_from_environment
 from extensions import csrf, limiter, migrate
 from models import db
@@ -68,6 +69,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_commands(app)
     register_error_handlers(app)
     register_template_helpers(app)
+    pictures.init_app(app)
 
     from visitor import current_visitor, set_visitor_cookie
 

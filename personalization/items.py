@@ -4,7 +4,7 @@ counts for, the order of a catalog with no data yet, and loading items for a pag
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from sqlalchemy import String, func, literal, or_, select, union_all
+from sqlalchemy import String, bindparam, func, literal, or_, select, union_all
 
 from models import (
     Category,
@@ -60,6 +60,30 @@ class Items:
 
     def __init__(self, session):
         self.session = session
+        # Statements built once (their values are parameters): composing them
+        # cost more than running them, several times a page.
+        self._load = {
+            kind: select(model).where(model.id.in_(bindparam("ids", expanding=True)))
+            for kind, model in MODELS.items()
+        }
+        self._doctors_performing = (
+            select(
+                doctor_procedures.c.doctor_id,
+                doctor_procedures.c.procedure_id,
+                doctor_rating_score(),
+            )
+            .join(Doctor, Doctor.id == doctor_procedures.c.doctor_id)
+            .where(
+                doctor_procedures.c.procedure_id.in_(
+                    bindparam("procedures", expanding=True)
+                )
+            )
+        )
+        self._doctors_in = (
+            select(Doctor.id)
+            .where(Doctor.city == bindparam("city"))
+            .order_by(*top_rated_order())
+        )
 
     def existing(self, keys: Iterable[ItemKey]) -> set[ItemKey]:
         """The keys that name an item in the catalog: one query per kind."""
@@ -79,19 +103,12 @@ class Items:
 
     def load(self, kind: str, ids: Iterable[int]) -> dict[int, object]:
         """The catalog rows of these ids, by id, in one query."""
-        model = MODELS[kind]
-        rows = self.session.scalars(select(model).where(model.id.in_(list(ids))))
+        rows = self.session.scalars(self._load[kind], {"ids": list(ids)})
         return {item.id: item for item in rows}
 
     def doctors_in(self, city: str) -> list[int]:
         """The doctors practising in a city, top rated first."""
-        return list(
-            self.session.scalars(
-                select(Doctor.id)
-                .where(Doctor.city == city)
-                .order_by(*top_rated_order())
-            )
-        )
+        return list(self.session.scalars(self._doctors_in, {"city": city}))
 
     # Candidates the rankings draw from
 
@@ -128,13 +145,7 @@ class Items:
         """(doctor, procedure, rating) for every doctor performing these
         procedures; the rating is the Bayesian average "top rated" uses."""
         rows = self.session.execute(
-            select(
-                doctor_procedures.c.doctor_id,
-                doctor_procedures.c.procedure_id,
-                doctor_rating_score(),
-            )
-            .join(Doctor, Doctor.id == doctor_procedures.c.doctor_id)
-            .where(doctor_procedures.c.procedure_id.in_(list(procedure_ids)))
+            self._doctors_performing, {"procedures": list(procedure_ids)}
         )
         return [
             (doctor, procedure, float(rating)) for doctor, procedure, rating in rows

@@ -208,7 +208,14 @@ class Sections:
         """Fetch a list's items and what led to them, keeping its order; items no
         longer in the catalog (an answer from Personalize, say) are left out."""
         found = self.items.load(kind, [entry.item.id for entry in scored])
-        because = self.load_keys([s.because for s in scored if s.because])
+        # What led to an item is often in the list itself (a category's own
+        # affinity): only the others need a query.
+        because = {ItemKey(kind, item_id): item for item_id, item in found.items()}
+        because.update(
+            self.load_keys(
+                [s.because for s in scored if s.because and s.because not in because]
+            )
+        )
         return Ranking(
             [
                 RankedItem(
