@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from models import Doctor, Package, Procedure, db, doctor_procedures, top_rated_order
+from models import (
+    Category,
+    Doctor,
+    Package,
+    Procedure,
+    db,
+    doctor_procedures,
+    top_rated_order,
+)
 
 DOCTORS_PER_PAGE = 12
 
@@ -46,9 +54,11 @@ def doctors_page(
     procedure: Procedure | None = None,
     number: int = 1,
     per_page: int = DOCTORS_PER_PAGE,
+    category: Category | None = None,
 ) -> Page | None:
     """Doctors, top rated first (Bayesian average), optionally only those in a
-    city or performing a procedure; None when the page is past the last."""
+    city, performing a procedure, or performing any of a category's; None when
+    the page is past the last."""
     conditions = []
     if city:
         conditions.append(Doctor.city == city)
@@ -58,6 +68,14 @@ def doctors_page(
                 select(doctor_procedures.c.doctor_id).where(
                     doctor_procedures.c.procedure_id == procedure.id
                 )
+            )
+        )
+    if category is not None:
+        conditions.append(
+            Doctor.id.in_(
+                select(doctor_procedures.c.doctor_id)
+                .join(Procedure, Procedure.id == doctor_procedures.c.procedure_id)
+                .where(Procedure.category_id == category.id)
             )
         )
     total = db.session.scalar(select(func.count(Doctor.id)).where(*conditions))

@@ -31,8 +31,6 @@ from models import (
     Package,
     Procedure,
     db,
-    doctor_procedures,
-    top_rated_order,
 )
 from personalization.events import Interaction, ItemKey, is_decimal
 from personalization.recommenders import ALGORITHMS, HYBRID
@@ -131,11 +129,18 @@ def doctors():
     city = chosen_city()
     slug = request.args.get("procedure")
     procedure = get_by_slug(Procedure, slug) if slug else None
-    page = doctors_page(city, procedure, page_number())
+    slug = request.args.get("category")
+    category = get_by_slug(Category, slug) if slug else None
+    page = doctors_page(city, procedure, page_number(), category=category)
     if page is None:
         abort(404, description="There is no such page of doctors.")
     return render_template(
-        "doctors.html", page=page, cities=cities(), city=city, procedure=procedure
+        "doctors.html",
+        page=page,
+        cities=cities(),
+        city=city,
+        procedure=procedure,
+        category=category,
     )
 
 
@@ -173,18 +178,7 @@ def page_number() -> int:
 def category(slug: str):
     item = get_by_slug(Category, slug)
     log_page_view(ItemKey("category", item.id))
-    doctors = db.session.scalars(
-        select(Doctor)
-        .where(
-            Doctor.id.in_(
-                select(doctor_procedures.c.doctor_id)
-                .join(Procedure, Procedure.id == doctor_procedures.c.procedure_id)
-                .where(Procedure.category_id == item.id)
-            )
-        )
-        .order_by(*top_rated_order())
-        .limit(DOCTORS_ON_CATEGORY_PAGE)
-    ).all()
+    doctors = doctors_page(per_page=DOCTORS_ON_CATEGORY_PAGE, category=item)
     return render_template("category.html", category=item, doctors=doctors)
 
 

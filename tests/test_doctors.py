@@ -186,3 +186,24 @@ def test_match_rate_labels():
         "low",
         "low",
     ]
+
+
+def test_category_pages_link_to_all_their_doctors(catalog, client):
+    html = client.get("/categories/injectables").get_data(as_text=True)
+    assert "/doctors?category=injectables" in html
+    listed = set()
+    for number in range(1, 10):
+        answer = client.get(f"/doctors?category=injectables&page={number}")
+        if answer.status_code == 404:
+            break
+        assert "Doctors for injectables" in answer.text
+        listed |= set(doctor_names(answer.text))
+    with catalog.app_context():
+        from models import Category
+
+        injectables = db.session.scalar(
+            select(Category).where(Category.slug == "injectables")
+        )
+        expected = {d.display_name for p in injectables.procedures for d in p.doctors}
+    assert listed == expected
+    assert client.get("/doctors?category=nothing").status_code == 404
