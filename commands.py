@@ -103,6 +103,7 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
         f"{system.settings.affinity_floor} or idle as long, "
         f"{summary['Personalize events']} Personalize events (sent, waiting or "
         f"refused), {summary['webhook keys']} expired webhook keys, "
+        f"{summary['impressions']} recommendation lists shown, "
         f"{summary['city choices']} city choices as old and "
         f"{summary['consultation requests']} consultation requests older than "
         f"{system.settings.consultation_retention_days} days "

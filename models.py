@@ -490,6 +490,30 @@ class VisitorPreference(db.Model):
     )
 
 
+class RecommendationImpression(db.Model):
+    """One recommendation list a visitor was shown: its items in order, what
+    placed each, and where. One row per list keeps a page's cost to one insert;
+    a click on one of its cards carries the list's id, so click-through is exact
+    per list, source and position."""
+
+    __tablename__ = "recommendation_impressions"
+
+    # Random, in the page's links: a click names the list it came from.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), index=True)
+    request_id: Mapped[str] = mapped_column(String(32))
+    # Where it was shown: "home:procedure", "procedure:similar", "api:doctors", ...
+    list_name: Mapped[str] = mapped_column(String(50))
+    item_kind: Mapped[str] = mapped_column(String(50))
+    # JSON: [[item id, source], ...] in the order shown (position 1 first).
+    items: Mapped[str] = mapped_column(Text)
+    # The experiment arm the visitor was in (None: no experiment running).
+    arm: Mapped[str | None] = mapped_column(String(20))
+    shown_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
+
+
 class WebhookEventKey(db.Model):
     """The de-duplication key of an event received by a webhook.
 

@@ -32,6 +32,7 @@ from personalization.events import (
 )
 from personalization.export import export_datasets
 from personalization.identity import Identity
+from personalization.impressions import Impressions
 from personalization.ingest import ExternalResult, Ingest, log_row
 from personalization.items import Items
 from personalization.outbox import Outbox
@@ -98,7 +99,10 @@ class PersonalizationSystem:
         )
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
-        self.privacy = Privacy(session, settings, self.items, self.consultations)
+        self.impressions = Impressions(session, clock)
+        self.privacy = Privacy(
+            session, settings, self.items, self.consultations, self.impressions
+        )
         self.clock = clock
 
     @contextmanager
@@ -203,6 +207,14 @@ class PersonalizationSystem:
         return self.sections.similar(
             item, limit, self.recommenders.for_algorithm(algorithm)
         )
+
+    def record_impressions(
+        self, visitor_id: str, request_id: str, lists: dict[str, Ranking | None]
+    ) -> int:
+        """Store the recommendation lists one request showed a tracked visitor
+        ({list name: Ranking}), in one insert; committed on return."""
+        with self.transaction():
+            return self.impressions.record(visitor_id, request_id, lists)
 
     # Consultation requests (personal data: never streamed anywhere)
 

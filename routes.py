@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import secrets
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -13,6 +14,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -95,6 +97,25 @@ def log_page_view(item: ItemKey | None = None) -> None:
         log.warning("page view not recorded: %s", error.__class__.__name__)
 
 
+def log_impressions(lists: dict) -> None:
+    """Record the recommendation lists this request shows a tracked visitor
+    ({list name: Ranking}); a failure never breaks the page."""
+    visitor = current_visitor()
+    if not visitor.tracked:
+        return  # GPC, DNT, opt-out: shown nothing that is counted
+    try:
+        current_system().record_impressions(visitor.id, request_id(), lists)
+    except SQLAlchemyError as error:
+        log.warning("impressions not recorded: %s", error.__class__.__name__)
+
+
+def request_id() -> str:
+    """A random id for this request, shared by what it records."""
+    if "request_id" not in g:
+        g.request_id = secrets.token_hex(16)
+    return g.request_id
+
+
 def get_by_slug(model, slug: str):
     """Load one catalog item by slug, or answer with the 404 page."""
     return db.first_or_404(select(model).where(model.slug == slug))
@@ -106,7 +127,15 @@ def home():
     home = current_system().home_sections(
         current_visitor().id, HOME_SECTION_SIZES, RECENTLY_VIEWED, POPULAR_IN_CITY
     )
-    return render_template("home.html", home=home, sections=home.by_kind)
+    page = render_template("home.html", home=home, sections=home.by_kind)
+    # After rendering: the commit expires what the page reads.
+    log_impressions(
+        {
+            **{f"home:{kind}": ranking for kind, ranking in home.by_kind.items()},
+            "home:popular_in_city": home.popular_in_city,
+        }
+    )
+    return page
 
 
 @web.get("/categories")
@@ -194,7 +223,7 @@ def procedure_page(item: Procedure, form: ConsultationForm) -> str:
     similar = current_system().similar(
         ItemKey("procedure", item.id), SIMILAR_PROCEDURES
     )
-    return render_template(
+    page = render_template(
         "procedure.html",
         procedure=item,
         similar=similar,
@@ -203,6 +232,8 @@ def procedure_page(item: Procedure, form: ConsultationForm) -> str:
         doctors=doctors_page(city, item, 1, DOCTORS_ON_PROCEDURE_PAGE),
         form=form,
     )
+    log_impressions({"procedure:similar": similar})  # after: see home()
+    return page
 
 
 @web.get("/doctors/<slug>")
@@ -464,8 +495,9 @@ def recommendations(content_type: str):
         ranking = current_system().recommend(
             CONTENT_TYPE_KINDS[content_type], current_visitor().id, limit, algorithm
         )
-    return {
+    answer = {
         "content_type": content_type,
+        "list_id": ranking.list_id,
         "personalized": ranking.personalized,
         "source": ranking.source,
         "items": [
@@ -481,6 +513,8 @@ def recommendations(content_type: str):
             for entry in ranking
         ],
     }
+    log_impressions({f"api:{content_type}" + (":similar" if slug else ""): ranking})
+    return answer
 
 
 def parse_limit(

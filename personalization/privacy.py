@@ -19,6 +19,7 @@ from models import (
 )
 from personalization.consultations import Consultations, as_record
 from personalization.events import ItemKey
+from personalization.impressions import Impressions
 from personalization.items import Items
 from personalization.settings import Settings
 from personalization.statistics import decayed
@@ -31,11 +32,13 @@ class Privacy:
         settings: Settings,
         items: Items,
         consultations: Consultations,
+        impressions: Impressions,
     ):
         self.session = session
         self.settings = settings
         self.items = items
         self.consultations = consultations
+        self.impressions = impressions
 
     def summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
@@ -143,6 +146,7 @@ class Privacy:
                 for request in self.consultations.of_visitor(visitor_id)
             ],
             "consultation_retention_days": self.settings.consultation_retention_days,
+            "recommendations_shown": self.impressions.of_visitor(visitor_id),
         }
 
     def item_names(self, keys) -> dict[ItemKey, str]:
@@ -179,6 +183,7 @@ class Privacy:
         self.session.execute(
             delete(VisitorPreference).where(VisitorPreference.user_id == visitor_id)
         )
+        self.impressions.forget(visitor_id)
         return {
             "interactions": interactions,
             "affinities": affinities,

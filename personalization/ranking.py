@@ -3,8 +3,9 @@ excluded, fills from popular and, with Personalize, re-ranks), put what the visi
 disliked last, put doctors of the visitor's chosen city first, load the catalog
 items the page shows and say why each is there."""
 
+import secrets
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from personalization.events import ItemKey
@@ -35,6 +36,8 @@ class RankedItem:
     # The item that led to it (see Scored.because), loaded; None if none.
     because: Any = None
     city: str | None = None
+    # engine, fallback or personalize (see recommenders.Scored).
+    source: str = ENGINE
 
     @property
     def why(self) -> str | None:
@@ -68,6 +71,9 @@ class Ranking:
     # "affinity" (all from the visitor's own signals), "mixed" (some, then
     # popular), "popular" (nothing personal) or "personalize" (AWS re-ranked it).
     source: str
+    kind: str = ""
+    # Random: the page's links carry it, so a click names the list it came from.
+    list_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def personalized(self) -> bool:
@@ -224,11 +230,13 @@ class Sections:
                     entry.reason,
                     because.get(entry.because),
                     city,
+                    entry.source,
                 )
                 for entry in scored
                 if entry.item.id in found
             ],
             source_of(scored),
+            kind,
         )
 
     def load_keys(self, keys: list[ItemKey]) -> dict[ItemKey, Any]:

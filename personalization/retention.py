@@ -9,6 +9,7 @@ from sqlalchemy import Select, delete, func, select
 from models import (
     ConsultationRequest,
     PersonalizeOutbox,
+    RecommendationImpression,
     UserCategoryAffinity,
     UserInteraction,
     VisitorPreference,
@@ -83,6 +84,13 @@ class Retention:
                     < now - timedelta(days=min(days, WEBHOOK_KEY_DAYS))
                 )
                 .order_by(WebhookEventKey.key_hash),
+            ),
+            RetentionTask(
+                "impressions",
+                RecommendationImpression,
+                select(RecommendationImpression.id)
+                .where(RecommendationImpression.shown_at < cutoff)
+                .order_by(RecommendationImpression.id),
             ),
             RetentionTask(
                 "city choices",

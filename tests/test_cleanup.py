@@ -136,6 +136,7 @@ def add_everything_once(app, age_in_days: float) -> None:
     from models import (
         ConsultationRequest,
         PersonalizeOutbox,
+        RecommendationImpression,
         VisitorPreference,
         WebhookEventKey,
     )
@@ -181,6 +182,17 @@ def add_everything_once(app, age_in_days: float) -> None:
             )
         db.session.add(
             WebhookEventKey(key_hash=f"k{tag}".ljust(64, "0"), received_at=then)
+        )
+        db.session.add(
+            RecommendationImpression(
+                id=f"list{tag}",
+                user_id=f"v{tag}",
+                request_id="r",
+                list_name="home:procedure",
+                item_kind="procedure",
+                items='[[1,"engine"]]',
+                shown_at=then,
+            )
         )
         db.session.add(
             VisitorPreference(user_id=f"v{tag}", city="Miami", updated_at=then)
@@ -242,4 +254,5 @@ def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, cat
         "webhook_event_keys": 1,
         "visitor_preferences": 1,
         "consultation_requests": 1,
+        "recommendation_impressions": 1,
     }

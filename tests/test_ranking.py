@@ -248,7 +248,7 @@ def test_recommendation_errors_are_json(catalog, client, path, status, message):
 
 def test_recommendations_shape_and_limits(catalog, browser):
     body = browser.get(API + "procedures?limit=3").get_json()
-    assert set(body) == {"content_type", "personalized", "source", "items"}
+    assert set(body) == {"content_type", "list_id", "personalized", "source", "items"}
     assert body["content_type"] == "procedures"
     assert len(body["items"]) == 3
     first = body["items"][0]

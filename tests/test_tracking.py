@@ -85,7 +85,11 @@ def test_two_people_behind_one_address_never_share_a_profile(catalog):
         assert alice.track(click("procedure", pid)).status_code == 202
     api = "/personalization/recommendations/procedures"
     assert alice.get(api).get_json()["personalized"] is True
-    assert bob.get(api).get_json() == Browser(catalog).get(api).get_json()
+
+    def ranked(visitor):  # every answer names its own list: compare the rest
+        return {k: v for k, v in visitor.get(api).get_json().items() if k != "list_id"}
+
+    assert ranked(bob) == ranked(Browser(catalog))
     assert bob.get(api).get_json()["personalized"] is False
     alice_rows = [r for r in stored_interactions(catalog) if r.target_id in hair]
     assert len(alice_rows) == 2 and len({r.user_id for r in alice_rows}) == 1

@@ -77,11 +77,19 @@
     var element = event.target.closest("[data-track-type][data-track-id]");
     var target = element && catalogTarget(element);
     if (!target) return;
+    var metadata = { path: location.pathname };
+    // A recommended card names its list and position (click-through).
+    var list = element.getAttribute("data-list-id");
+    var position = parseInt(element.getAttribute("data-position"), 10);
+    if (list && position > 0) {
+      metadata.list_id = list;
+      metadata.position = position;
+    }
     enqueue({
       interaction_type: "click",
       target_type: target.target_type,
       target_id: target.target_id,
-      metadata: { path: location.pathname },
+      metadata: metadata,
     });
   }, true);
 

@@ -62,6 +62,7 @@ class LiveSite:
             connection.execute("DELETE FROM user_category_affinity")
             connection.execute("DELETE FROM item_popularity")
             connection.execute("DELETE FROM procedure_covisitation")
+            connection.execute("DELETE FROM recommendation_impressions")
 
 
 def start_live_site(tmp_path_factory, name: str, **settings: str):

@@ -1,0 +1,68 @@
+"""What the site showed: every recommendation list a tracked visitor saw, one row
+per list, so click-through can be measured exactly per list, source and position
+(a click on a card carries its list's id and position)."""
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+
+from models import RecommendationImpression, as_utc
+
+
+class Impressions:
+    """Records the lists a page showed, and reads them back for one visitor."""
+
+    def __init__(self, session, clock: Callable[[], datetime]):
+        self.session = session
+        self.clock = clock
+
+    def record(self, visitor_id: str, request_id: str, lists: dict) -> int:
+        """Store the lists one request showed ({list name: Ranking}) in one
+        statement; empty lists are not stored. Return how many were."""
+        now = self.clock()
+        rows = [
+            {
+                "id": ranking.list_id,
+                "user_id": visitor_id,
+                "request_id": request_id,
+                "list_name": name,
+                "item_kind": ranking.kind,
+                "items": json.dumps(
+                    [[entry.item.id, entry.source] for entry in ranking],
+                    separators=(",", ":"),
+                ),
+                "arm": None,
+                "shown_at": now,
+            }
+            for name, ranking in lists.items()
+            if ranking is not None and len(ranking)
+        ]
+        if rows:
+            self.session.execute(insert(RecommendationImpression), rows)
+        return len(rows)
+
+    def of_visitor(self, visitor_id: str) -> list[dict]:
+        """The lists a visitor was shown, oldest first, in plain fields."""
+        shown = self.session.scalars(
+            select(RecommendationImpression)
+            .where(RecommendationImpression.user_id == visitor_id)
+            .order_by(RecommendationImpression.shown_at, RecommendationImpression.id)
+        )
+        return [
+            {
+                "list": row.list_name,
+                "kind": row.item_kind,
+                "items": [item_id for item_id, _ in json.loads(row.items)],
+                "at": as_utc(row.shown_at).isoformat(),
+            }
+            for row in shown
+        ]
+
+    def forget(self, visitor_id: str) -> int:
+        return self.session.execute(
+            delete(RecommendationImpression).where(
+                RecommendationImpression.user_id == visitor_id
+            )
+        ).rowcount
