@@ -20,7 +20,7 @@ from models import db
 log = logging.getLogger(__name__)
 
 # Paths whose clients are programs: their errors are JSON, never an HTML page.
-JSON_PATH_PREFIXES = ("/personalization/", "/webhooks/", "/healthz")
+JSON_PATH_PREFIXES = ("/personalization/", "/api/", "/webhooks/", "/healthz")
 # Seconds a client should wait before retrying while the database is down.
 RETRY_AFTER_SECONDS = 30
 # Longest query string served; gunicorn's request-line limit is about the same.

@@ -35,6 +35,7 @@ from models import (
     db,
 )
 from personalization.events import Interaction, ItemKey, is_decimal
+from personalization.impressions import FEEDBACK_INTERACTIONS
 from personalization.recommenders import ALGORITHMS, HYBRID
 from personalization_system import current_system
 from search import search_catalog
@@ -81,6 +82,10 @@ CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 # Events one tracking request may carry.
 MAX_BATCH_EVENTS = 50
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
+# Recommendation feedback: its fields, and the shape of a list id.
+FEEDBACK_FIELDS = {"item_type", "item_id", "feedback", "list_id", "position", "next"}
+FEEDBACK_FIELDS |= {"csrf_token"}
+LIST_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def log_page_view(item: ItemKey | None = None) -> None:
@@ -462,6 +467,94 @@ def unpack_events(payload) -> tuple[list, str | None]:
     if len(events) > MAX_BATCH_EVENTS:
         return [], f"a batch holds at most {MAX_BATCH_EVENTS} events"
     return events, None
+
+
+@web.post("/api/recommendations/feedback")
+@limiter.limit(lambda: current_app.config["TRACKING_RATE_LIMIT"])
+@limiter.limit(
+    lambda: current_app.config["TRACKING_RATE_LIMIT_PER_ADDRESS"],
+    key_func=address_rate_key,
+)
+def recommendation_feedback():
+    """A visitor clicked or dismissed a recommended item (JSON, CSRF header)."""
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        return {"error": "body must be a JSON object"}, 400
+    event, error = feedback_event(payload)
+    if error:
+        return {"error": error}, 400
+    return record_feedback(event)
+
+
+@web.post("/recommendations/not-interested")
+def not_interested():
+    """The "Not interested" button of a recommended card (a plain form)."""
+    event, error = feedback_event({**request.form.to_dict(), "feedback": "dismissed"})
+    if error:
+        abort(400, description=error)
+    answer, status = record_feedback(event)
+    if status == 202 and answer.get("accepted"):
+        flash("Got it: we won't recommend that again.")
+    return redirect(local_path(request.form.get("next")), code=303)
+
+
+def feedback_event(payload: dict) -> tuple[dict, str | None]:
+    """Read feedback ({item_type, item_id, feedback, list_id?, position?}) as a
+    tracker event; say what is wrong instead when it cannot be one."""
+    feedback = payload.get("feedback")
+    if feedback not in FEEDBACK_INTERACTIONS:
+        return {}, "feedback must be 'clicked' or 'dismissed'"
+    unknown = set(payload) - FEEDBACK_FIELDS
+    if unknown:
+        return {}, f"unknown field: {sorted(unknown)[0]}"
+    item_id = payload.get("item_id")
+    if isinstance(item_id, str) and is_decimal(item_id) and len(item_id) < 10:
+        item_id = int(item_id)
+    metadata = {}
+    list_id = payload.get("list_id")
+    if list_id not in (None, ""):
+        if not isinstance(list_id, str) or not LIST_ID.fullmatch(list_id):
+            return {}, "list_id must be the list_id a page or the API gave"
+        metadata["list_id"] = list_id
+    position = payload.get("position")
+    if position not in (None, ""):
+        if isinstance(position, str) and is_decimal(position) and len(position) < 4:
+            position = int(position)  # from a form
+        if isinstance(position, float) and position.is_integer():
+            position = int(position)  # JSON's 2.0 is the integer 2
+        if not isinstance(position, int) or isinstance(position, bool):
+            return {}, f"position must be a whole number from 1 to {MAX_LIMIT}"
+        if not 1 <= position <= MAX_LIMIT:
+            return {}, f"position must be a whole number from 1 to {MAX_LIMIT}"
+        metadata["position"] = position
+    return {
+        "interaction_type": FEEDBACK_INTERACTIONS[feedback],
+        "target_type": payload.get("item_type"),
+        "target_id": item_id,
+        "metadata": metadata or None,
+    }, None
+
+
+def record_feedback(event: dict) -> tuple[dict, int]:
+    """Store one feedback event for a tracked visitor, like the tracker's."""
+    visitor = current_visitor()
+    if not visitor.tracked:
+        return {"accepted": 0, "ignored": 1, "reason": "tracking is off"}, 202
+    system = current_system()
+    valid, rejected = system.validate_events([event])
+    if not valid:
+        return {"error": rejected[0]["error"]}, 400
+    system.record_interactions(visitor.id, visitor.session_id, valid)
+    return {"accepted": 1}, 202
+
+
+@web.get("/api/recommendations/stats")
+def recommendation_stats():
+    """This visitor's recommendations: shown, clicked, dismissed, click-through."""
+    visitor_id = visitor_id_from_cookie()
+    if not visitor_id:
+        return {"shown": 0, "clicked": 0, "dismissed": 0, "click_through_rate": None}
+    return current_system().recommendation_stats(visitor_id)
 
 
 @web.get("/personalization/recommendations/<content_type>")

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 # What the tracker may report.
-INTERACTION_TYPES = ("view", "click", "search", "form_submit")
+INTERACTION_TYPES = ("view", "click", "search", "form_submit", "not_interested")
 # Kinds of catalog item an interaction can be about ("page" is none of them); a
 # bare slug from another system names the first kind that has it.
 ITEM_KINDS = ("procedure", "category", "doctor", "package")

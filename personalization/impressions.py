@@ -6,9 +6,12 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
-from models import RecommendationImpression, as_utc
+from models import RecommendationImpression, UserInteraction, as_utc
+
+# What a visitor's feedback on a recommendation records.
+FEEDBACK_INTERACTIONS = {"clicked": "click", "dismissed": "not_interested"}
 
 
 class Impressions:
@@ -66,3 +69,35 @@ class Impressions:
                 RecommendationImpression.user_id == visitor_id
             )
         ).rowcount
+
+    def stats(self, visitor_id: str) -> dict:
+        """Recommendations shown to a visitor, clicked (clicks naming a list they
+        were shown) and dismissed, and the click-through rate."""
+        shown = sum(
+            len(json.loads(items))
+            for items in self.session.scalars(
+                select(RecommendationImpression.items).where(
+                    RecommendationImpression.user_id == visitor_id
+                )
+            )
+        )
+        log = UserInteraction
+        counts = dict(
+            self.session.execute(
+                select(log.interaction_type, func.count())
+                .where(
+                    log.user_id == visitor_id,
+                    log.interaction_type.in_(FEEDBACK_INTERACTIONS.values()),
+                    (log.interaction_type != "click")
+                    | log.extra_data.like('%"list_id"%'),
+                )
+                .group_by(log.interaction_type)
+            ).all()
+        )
+        clicked = counts.get("click", 0)
+        return {
+            "shown": shown,
+            "clicked": clicked,
+            "dismissed": counts.get("not_interested", 0),
+            "click_through_rate": round(clicked / shown, 4) if shown else None,
+        }

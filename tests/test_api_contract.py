@@ -126,17 +126,19 @@ def pointing_at_the_catalog(ids: dict[str, list[int]]):
     every schema-valid event would name a missing item and be refused.
     """
 
-    def aimed(event):
-        if isinstance(event, dict) and isinstance(event.get("target_id"), int | float):
-            existing = ids.get(event.get("target_type"))
+    def aimed(event, kind="target_type", key="target_id"):
+        if isinstance(event, dict) and isinstance(event.get(key), int | float):
+            existing = ids.get(event.get(kind))
             if existing:
-                chosen = existing[int(event["target_id"]) % len(existing)]
-                return {**event, "target_id": chosen}
+                chosen = existing[int(event[key]) % len(existing)]
+                return {**event, key: chosen}
         return event
 
     def map_body(context, body):
         if isinstance(body, dict) and isinstance(body.get("events"), list):
             return {"events": [aimed(event) for event in body["events"]]}
+        if isinstance(body, dict) and "item_type" in body:  # feedback
+            return aimed(body, "item_type", "item_id")
         return aimed(body)
 
     return map_body

@@ -200,7 +200,8 @@ def test_batch_keeps_valid_events_and_lists_rejections(catalog, browser):
         {"index": 1, "error": "no procedure with id 999999"},
         {
             "index": 4,
-            "error": "interaction_type must be one of view, click, search, form_submit",
+            "error": "interaction_type must be one of view, click, search, "
+            "form_submit, not_interested",
         },
     ]
     kinds = [r.interaction_type for r in stored_interactions(catalog)]
