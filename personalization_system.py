@@ -216,6 +216,13 @@ class PersonalizationSystem:
         with self.transaction():
             return self.impressions.record(visitor_id, request_id, lists)
 
+    def recommendation_stats(self, visitor_id: str) -> dict:
+        """What a visitor was recommended, clicked and dismissed."""
+        try:
+            return self.impressions.stats(visitor_id)
+        finally:
+            self.session.rollback()
+
     # Consultation requests (personal data: never streamed anywhere)
 
     def request_consultation(
