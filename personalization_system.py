@@ -101,7 +101,12 @@ class PersonalizationSystem:
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
         self.privacy = Privacy(
-            session, settings, self.items, self.consultations, self.impressions
+            session,
+            settings,
+            self.items,
+            self.consultations,
+            self.impressions,
+            self.preferences,
         )
         self.clock = clock
 

@@ -83,8 +83,11 @@ CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_BATCH_EVENTS = 50
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
 # Recommendation feedback: its fields, and the shape of a list id.
-FEEDBACK_FIELDS = {"item_type", "item_id", "feedback", "list_id", "position", "next"}
-FEEDBACK_FIELDS |= {"csrf_token"}
+# (The "Not interested" form also sends next and csrf_token.)
+FEEDBACK_FIELDS = {
+    *("item_type", "item_id", "feedback", "list_id", "position"),
+    *("next", "csrf_token"),
+}
 LIST_ID = re.compile(r"[0-9a-f]{16}")
 
 

@@ -13,7 +13,6 @@ from models import (
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
-    VisitorPreference,
     as_utc,
     utcnow,
 )
@@ -21,6 +20,7 @@ from personalization.consultations import Consultations, as_record
 from personalization.events import ItemKey
 from personalization.impressions import Impressions
 from personalization.items import Items
+from personalization.preferences import Preferences
 from personalization.settings import Settings
 from personalization.statistics import decayed
 
@@ -33,12 +33,14 @@ class Privacy:
         items: Items,
         consultations: Consultations,
         impressions: Impressions,
+        preferences: Preferences,
     ):
         self.session = session
         self.settings = settings
         self.items = items
         self.consultations = consultations
         self.impressions = impressions
+        self.preferences = preferences
 
     def summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
@@ -53,15 +55,8 @@ class Privacy:
             "interactions": interactions,
             "interests": interests,
             "consultation_requests": requests,
-            "city": self.city(visitor_id),
+            "city": self.preferences.city(visitor_id),
         }
-
-    def city(self, visitor_id: str) -> str | None:
-        return self.session.scalar(
-            select(VisitorPreference.city).where(
-                VisitorPreference.user_id == visitor_id
-            )
-        )
 
     def interests(self, visitor_id: str, now: datetime | None = None) -> list[dict]:
         """The visitor's interest per category, decayed to now, strongest first."""
@@ -120,7 +115,7 @@ class Privacy:
             "visitor_id": visitor_id,
             "exported_at": now.isoformat(),
             "retention_days": self.settings.interaction_retention_days,
-            "city": self.city(visitor_id),
+            "city": self.preferences.city(visitor_id),
             "interests": self.interests(visitor_id, now),
             "interactions": [
                 {
@@ -180,9 +175,7 @@ class Privacy:
         requests = self.session.execute(
             delete(ConsultationRequest).where(ConsultationRequest.user_id == visitor_id)
         ).rowcount
-        self.session.execute(
-            delete(VisitorPreference).where(VisitorPreference.user_id == visitor_id)
-        )
+        self.preferences.choose_city(visitor_id, None)
         self.impressions.forget(visitor_id)
         return {
             "interactions": interactions,
