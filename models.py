@@ -507,11 +507,58 @@ class RecommendationImpression(db.Model):
     item_kind: Mapped[str] = mapped_column(String(50))
     # JSON: [[item id, source], ...] in the order shown (position 1 first).
     items: Mapped[str] = mapped_column(Text)
+    # len(items): what reports sum in SQL without reading the JSON.
+    item_count: Mapped[int] = mapped_column(Integer, server_default="0")
     # The experiment arm the visitor was in (None: no experiment running).
     arm: Mapped[str | None] = mapped_column(String(20))
     shown_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
     )
+
+
+class ExperimentAssignment(db.Model):
+    """The arm of the A/B holdout a visitor was put in, kept so they stay in it
+    across visits even if the control share changes later."""
+
+    __tablename__ = "experiment_assignments"
+
+    experiment: Mapped[str] = mapped_column(String(50), primary_key=True)
+    # Indexed on its own too: "forget me" deletes by visitor.
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    # "personalized" or "control" (see personalization/experiment.py).
+    arm: Mapped[str] = mapped_column(String(20))
+    assigned_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
+
+
+class RejectedEventCount(db.Model):
+    """How many events a source sent that were refused, per day and reason: the
+    dashboard's data quality page. Counts only: nothing about who sent them."""
+
+    __tablename__ = "rejected_event_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    # "tracker" or "amplitude".
+    source: Mapped[str] = mapped_column(String(20), primary_key=True)
+    # A short code (see personalization/events.py REJECTION_REASONS).
+    reason: Mapped[str] = mapped_column(String(40), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AdminUser(db.Model):
+    """Someone allowed into the /admin dashboard (`flask admin create`). Only a
+    salted hash of the password is kept."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookEventKey(db.Model):

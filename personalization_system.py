@@ -30,6 +30,7 @@ from personalization.events import (
     ItemKey,
     VisitorInteraction,
 )
+from personalization.experiment import CONTROL, Experiment, ExperimentReport
 from personalization.export import export_datasets
 from personalization.identity import Identity
 from personalization.impressions import Impressions
@@ -100,6 +101,7 @@ class PersonalizationSystem:
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
+        self.experiment = Experiment(session, settings, clock)
         self.privacy = Privacy(
             session,
             settings,
@@ -107,6 +109,7 @@ class PersonalizationSystem:
             self.consultations,
             self.impressions,
             self.preferences,
+            self.experiment,
         )
         self.clock = clock
 
@@ -169,13 +172,21 @@ class PersonalizationSystem:
         sizes: dict[str, int],
         recently_viewed: int = 0,
         popular_in_city: int = 0,
+        arm: str | None = None,
     ) -> HomeSections:
         """The home page's sections for one visitor ({"category": 6, ...}), reading
         their profile once: what they saw recently is in its own strip, not in
-        "for you"; a visitor who chose a city also gets its popular doctors."""
+        "for you"; a visitor who chose a city also gets its popular doctors.
+
+        The experiment's control arm sees popular lists and no history strip;
+        what they chose themselves (a city, "not interested") still holds."""
         profile = self.profiles.load(visitor_id)
+        held_out = arm == CONTROL
+        recommender = self.recommenders.popular if held_out else None
         sections = {
-            kind: self.sections.section(profile, kind, size, exclude_seen=True)
+            kind: self.sections.section(
+                profile, kind, size, recommender, exclude_seen=not held_out
+            )
             for kind, size in sizes.items()
         }
         in_city = None
@@ -186,7 +197,7 @@ class PersonalizationSystem:
             )
         return HomeSections(
             sections,
-            self.sections.recently_viewed(profile, recently_viewed),
+            [] if held_out else self.sections.recently_viewed(profile, recently_viewed),
             profile.city,
             in_city if in_city else None,
         )
@@ -214,12 +225,31 @@ class PersonalizationSystem:
         )
 
     def record_impressions(
-        self, visitor_id: str, request_id: str, lists: dict[str, Ranking | None]
+        self,
+        visitor_id: str,
+        request_id: str,
+        lists: dict[str, Ranking | None],
+        arm: str | None = None,
     ) -> int:
         """Store the recommendation lists one request showed a tracked visitor
-        ({list name: Ranking}), in one insert; committed on return."""
+        ({list name: Ranking}) in their experiment arm, in one insert; committed
+        on return."""
         with self.transaction():
-            return self.impressions.record(visitor_id, request_id, lists)
+            return self.impressions.record(visitor_id, request_id, lists, arm)
+
+    # The A/B holdout
+
+    def experiment_arm(self, visitor_id: str) -> str:
+        """The visitor's arm, assigned and stored on first sight (committed)."""
+        with self.transaction():
+            return self.experiment.arm(visitor_id)
+
+    def experiment_report(self, days: int = 30) -> ExperimentReport:
+        """How the arms compare over visitors assigned in the last `days` days."""
+        try:
+            return self.experiment.report(days)
+        finally:
+            self.session.rollback()
 
     def recommendation_stats(self, visitor_id: str) -> dict:
         """What a visitor was recommended, clicked and dismissed."""

@@ -35,6 +35,7 @@ from models import (
     db,
 )
 from personalization.events import Interaction, ItemKey, is_decimal
+from personalization.experiment import CONTROL
 from personalization.impressions import FEEDBACK_INTERACTIONS
 from personalization.recommenders import ALGORITHMS, HYBRID
 from personalization_system import current_system
@@ -42,6 +43,7 @@ from search import search_catalog
 from visitor import (
     address_rate_key,
     current_visitor,
+    experiment_arm,
     forget_visitor_cookie,
     remember_tracking_choice,
     visitor_id_from_cookie,
@@ -96,6 +98,7 @@ def log_page_view(item: ItemKey | None = None) -> None:
     visitor = current_visitor()
     if not visitor.tracked:
         return
+    experiment_arm()  # every tracked visitor is in the experiment from their first page
     metadata = None if item else {"path": request.path}
     try:
         current_system().record_interactions(
@@ -112,7 +115,9 @@ def log_impressions(lists: dict) -> None:
     if not visitor.tracked:
         return  # GPC, DNT, opt-out: shown nothing that is counted
     try:
-        current_system().record_impressions(visitor.id, request_id(), lists)
+        current_system().record_impressions(
+            visitor.id, request_id(), lists, experiment_arm()
+        )
     except SQLAlchemyError as error:
         log.warning("impressions not recorded: %s", error.__class__.__name__)
 
@@ -133,7 +138,11 @@ def get_by_slug(model, slug: str):
 def home():
     log_page_view()
     home = current_system().home_sections(
-        current_visitor().id, HOME_SECTION_SIZES, RECENTLY_VIEWED, POPULAR_IN_CITY
+        current_visitor().id,
+        HOME_SECTION_SIZES,
+        RECENTLY_VIEWED,
+        POPULAR_IN_CITY,
+        experiment_arm(),
     )
     page = render_template("home.html", home=home, sections=home.by_kind)
     # After rendering: the commit expires what the page reads.
@@ -574,7 +583,10 @@ def recommendations(content_type: str):
     )
     if error:
         return {"error": error}, 400
-    algorithm = request.args.get("algorithm", HYBRID)
+    # The visitor's arm decides, unless the client asks for an algorithm.
+    algorithm = request.args.get("algorithm")
+    if algorithm is None:
+        algorithm = "popular" if experiment_arm() == CONTROL else HYBRID
     if algorithm not in ALGORITHMS:
         return {"error": "algorithm must be one of " + ", ".join(ALGORITHMS)}, 400
     slug = request.args.get("item")

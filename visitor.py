@@ -1,15 +1,19 @@
 """Who the anonymous visitor is, and whether they let us track them: the visitor
 cookie (the only identity), privacy signals (GPC, DNT, opt-out) and consent."""
 
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 
 from flask import current_app, g, request, session
 from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy.exc import SQLAlchemyError
 
 from personalization.identity import VISITOR_ID, new_visitor_id
 from personalization_system import current_system
+
+log = logging.getLogger(__name__)
 
 VISITOR_COOKIE = "antidote_visitor"
 # "on": the visitor agreed to personalization (needed in opt-in mode);
@@ -99,6 +103,27 @@ def current_visitor() -> Visitor:
         is_new=from_cookie is None,
     )
     return g.visitor
+
+
+def experiment_arm() -> str | None:
+    """The tracked visitor's arm of the A/B holdout; None when not tracked (GPC,
+    DNT, opt-out: never assigned, never counted). The session keeps it after the
+    first lookup, so pages cost no query; it is tied to the visitor id, so a
+    visitor who was forgotten is assigned afresh."""
+    visitor = current_visitor()
+    if not visitor.tracked:
+        return None
+    cached = session.get("arm")
+    if isinstance(cached, list) and len(cached) == 2 and cached[0] == visitor.id:
+        return cached[1]
+    try:
+        arm = current_system().experiment_arm(visitor.id)
+    except SQLAlchemyError as error:
+        # No arm for this request: the page shows, unassigned, and tries next time.
+        log.warning("experiment arm not assigned: %s", error.__class__.__name__)
+        return None
+    session["arm"] = [visitor.id, arm]
+    return arm
 
 
 def set_visitor_cookie(response):

@@ -21,9 +21,12 @@ class Impressions:
         self.session = session
         self.clock = clock
 
-    def record(self, visitor_id: str, request_id: str, lists: dict) -> int:
-        """Store the lists one request showed ({list name: Ranking}) in one
-        statement; empty lists are not stored. Return how many were."""
+    def record(
+        self, visitor_id: str, request_id: str, lists: dict, arm: str | None = None
+    ) -> int:
+        """Store the lists one request showed ({list name: Ranking}) to a visitor
+        in an experiment arm, in one statement; empty lists are not stored.
+        Return how many were."""
         now = self.clock()
         rows = [
             {
@@ -36,7 +39,8 @@ class Impressions:
                     [[entry.item.id, entry.source] for entry in ranking],
                     separators=(",", ":"),
                 ),
-                "arm": None,
+                "item_count": len(ranking),
+                "arm": arm,
                 "shown_at": now,
             }
             for name, ranking in lists.items()
@@ -73,13 +77,10 @@ class Impressions:
     def stats(self, visitor_id: str) -> dict:
         """Recommendations shown to a visitor, clicked (clicks naming a list they
         were shown) and dismissed, and the click-through rate."""
-        shown = sum(
-            len(json.loads(items))
-            for items in self.session.scalars(
-                select(RecommendationImpression.items).where(
-                    RecommendationImpression.user_id == visitor_id
-                )
-            )
+        shown = self.session.scalar(
+            select(
+                func.coalesce(func.sum(RecommendationImpression.item_count), 0)
+            ).where(RecommendationImpression.user_id == visitor_id)
         )
         log = UserInteraction
         counts = dict(

@@ -18,6 +18,7 @@ from models import (
 )
 from personalization.consultations import Consultations, as_record
 from personalization.events import ItemKey
+from personalization.experiment import Experiment
 from personalization.impressions import Impressions
 from personalization.items import Items
 from personalization.preferences import Preferences
@@ -34,6 +35,7 @@ class Privacy:
         consultations: Consultations,
         impressions: Impressions,
         preferences: Preferences,
+        experiment: Experiment,
     ):
         self.session = session
         self.settings = settings
@@ -41,6 +43,7 @@ class Privacy:
         self.consultations = consultations
         self.impressions = impressions
         self.preferences = preferences
+        self.experiment = experiment
 
     def summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
@@ -142,6 +145,10 @@ class Privacy:
             ],
             "consultation_retention_days": self.settings.consultation_retention_days,
             "recommendations_shown": self.impressions.of_visitor(visitor_id),
+            "experiment_arms": [
+                {**row, "at": as_utc(row["at"]).isoformat()}
+                for row in self.experiment.of_visitor(visitor_id)
+            ],
         }
 
     def item_names(self, keys) -> dict[ItemKey, str]:
@@ -156,8 +163,8 @@ class Privacy:
         }
 
     def forget(self, visitor_id: str) -> dict[str, int]:
-        """Delete every interaction, affinity, consultation request and
-        preference of the visitor; count them.
+        """Delete every interaction, affinity, consultation request, preference,
+        impression and experiment assignment of the visitor; count the first three.
 
         Events still waiting for Personalize go too: erasure reaches the outbox.
         """
@@ -177,6 +184,7 @@ class Privacy:
         ).rowcount
         self.preferences.choose_city(visitor_id, None)
         self.impressions.forget(visitor_id)
+        self.experiment.forget(visitor_id)
         return {
             "interactions": interactions,
             "affinities": affinities,

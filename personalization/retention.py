@@ -8,6 +8,7 @@ from sqlalchemy import Select, delete, func, select
 
 from models import (
     ConsultationRequest,
+    ExperimentAssignment,
     PersonalizeOutbox,
     RecommendationImpression,
     UserCategoryAffinity,
@@ -91,6 +92,15 @@ class Retention:
                 select(RecommendationImpression.id)
                 .where(RecommendationImpression.shown_at < cutoff)
                 .order_by(RecommendationImpression.id),
+            ),
+            # A returning visitor past the period is assigned again (the same
+            # arm, unless the control share changed).
+            RetentionTask(
+                "experiment assignments",
+                ExperimentAssignment,
+                select(ExperimentAssignment.user_id)
+                .where(ExperimentAssignment.assigned_at < cutoff)
+                .order_by(ExperimentAssignment.user_id),
             ),
             RetentionTask(
                 "city choices",

@@ -69,6 +69,9 @@ class Settings:
     # How long consultation requests are kept: long enough for the clinic to
     # follow up, then erased (personal data).
     consultation_retention_days: int = tunable(180, 1, None)
+    # Share of tracked visitors held out in the experiment's control arm, who see
+    # popular lists only (0 turns the holdout off; see experiment.py).
+    experiment_control_share: float = tunable(0.1, 0.0, 0.5)
     # The weight table: DEFAULT_INTERACTION_WEIGHTS with INTERACTION_WEIGHTS on top.
     interaction_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS)

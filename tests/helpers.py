@@ -80,6 +80,9 @@ def app_config(database_url: str, **overrides) -> dict:
         "TESTING": True,
         "SECRET_KEY": "test-only-secret-key",
         "SQLALCHEMY_DATABASE_URI": database_url,
+        # Everyone sees personalized pages unless a test puts them in the holdout
+        # (a random 10% would make page tests flaky).
+        "EXPERIMENT_CONTROL_SHARE": 0.0,
     }
     config.update(overrides)
     return config

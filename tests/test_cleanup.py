@@ -135,6 +135,7 @@ def add_everything_once(app, age_in_days: float) -> None:
     consultation request 60 days more: it has its own, longer, period)."""
     from models import (
         ConsultationRequest,
+        ExperimentAssignment,
         PersonalizeOutbox,
         RecommendationImpression,
         VisitorPreference,
@@ -191,7 +192,13 @@ def add_everything_once(app, age_in_days: float) -> None:
                 list_name="home:procedure",
                 item_kind="procedure",
                 items='[[1,"engine"]]',
+                item_count=1,
                 shown_at=then,
+            )
+        )
+        db.session.add(
+            ExperimentAssignment(
+                experiment="holdout", user_id=f"v{tag}", arm="control", assigned_at=then
             )
         )
         db.session.add(
@@ -255,4 +262,5 @@ def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, cat
         "visitor_preferences": 1,
         "consultation_requests": 1,
         "recommendation_impressions": 1,
+        "experiment_assignments": 1,
     }
