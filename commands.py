@@ -1,6 +1,7 @@
 """Command-line tools for admins: `flask seed-demo`, `flask personalization ...`."""
 
 import csv
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from demo_catalog import catalog_is_empty, seed_demo_catalog
 from models import Category, Procedure, UserInteraction, as_utc, db, utcnow
 from personalization.evaluation import SPLITS, format_table, split_log
 from personalization.events import Interaction, ItemKey, VisitorInteraction
+from personalization.experiment import format_report
 from personalization_system import current_system, replay_system
 
 
@@ -249,6 +251,32 @@ def regions_command(sample: int, k: int, top: int, seed: int) -> None:
                 f"  {names.get(rate.procedure_id, rate.procedure_id)!s:<34} "
                 f"{rate.rate:6.1%}  {rate.label:<6}  ({rate.visitors})"
             )
+
+
+@personalization.command("experiment")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Count visitors assigned in the last DAYS days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def experiment_command(days: int, as_json: bool) -> None:
+    """Compare the A/B holdout's arms: visitors, impressions, click-through and
+    consultation requests per visitor with 95% intervals, the lift of
+    personalized over control, and a sample-ratio-mismatch check."""
+    report = current_system().experiment_report(days)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    if not any(arm.visitors for arm in report.arms.values()):
+        click.echo(
+            f"No visitor was assigned to the experiment in the last {days} days: "
+            "visit the site (or run `flask seed-demo`) first."
+        )
+        return
+    click.echo(format_report(report))
 
 
 leads = AppGroup("leads", help="Consultation requests sent from the site.")
