@@ -300,6 +300,8 @@ def seeded_site(database_url: str, workers: int = 2, **settings: str):
     `settings` are environment variables (CONSENT_MODE="opt-in", ...). Yields the
     Server; its `url` is the base URL.
     """
+    # Nobody in the holdout unless a test asks: page tests expect personal lists.
+    settings.setdefault("EXPERIMENT_CONTROL_SHARE", "0")
     env = dict(
         os.environ,
         DATABASE_URL=database_url,
