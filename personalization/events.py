@@ -7,7 +7,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 # What the tracker may report.
-INTERACTION_TYPES = ("view", "click", "search", "form_submit", "not_interested")
+INTERACTION_TYPES = (
+    *("view", "click", "search", "form_submit", "not_interested"),
+    # How long a page was visible (metadata.seconds): time spent, not interest,
+    # so it carries no weight; the dashboard reads it.
+    "engaged",
+)
+# The longest engaged time one event reports: a tab left open is not reading.
+MAX_ENGAGED_SECONDS = 1800
 # Kinds of catalog item an interaction can be about ("page" is none of them); a
 # bare slug from another system names the first kind that has it.
 ITEM_KINDS = ("procedure", "category", "doctor", "package")
@@ -129,6 +136,17 @@ def parse_event(raw: Any) -> Interaction:
             raise EventError("a search event needs metadata.query, a non-empty string")
         if not is_storable_text(query):  # it is searched for in the database
             raise EventError("metadata.query must not contain NUL characters")
+    if interaction_type == "engaged":
+        seconds = (metadata or {}).get("seconds")
+        if (
+            not isinstance(seconds, int)
+            or isinstance(seconds, bool)
+            or not 1 <= seconds <= MAX_ENGAGED_SECONDS
+        ):
+            raise EventError(
+                "an engaged event needs metadata.seconds, a whole number from 1 "
+                f"to {MAX_ENGAGED_SECONDS}"
+            )
     return Interaction(interaction_type, item, metadata or None)
 
 

@@ -262,6 +262,18 @@ def test_batch_keeps_valid_events_and_lists_rejections(catalog, browser):
             {"interaction_type": "view", "target_type": "page", "user_id": "x"},
             "unknown field(s): user_id",
         ),
+        *(
+            (
+                {
+                    "interaction_type": "engaged",
+                    "target_type": "page",
+                    "metadata": metadata,
+                },
+                "an engaged event needs metadata.seconds",
+            )
+            for metadata in (None, {}, {"seconds": 0}, {"seconds": 1801})
+            + ({"seconds": 2.5}, {"seconds": True}, {"seconds": "9"})
+        ),
     ],
 )
 def test_invalid_events_are_rejected_with_the_reason(catalog, browser, event, message):
@@ -472,3 +484,18 @@ def test_tracking_keeps_working_when_redis_is_down(database_url, catalog, caplog
     assert "Rate limit storage unreachable" in caplog.text
     # Limits still hold, per process, until Redis is back.
     assert statuses([visitor]) == [429]
+
+
+def test_engaged_time_is_stored_against_the_page_item(catalog, browser):
+    botox = catalog_id(catalog, Procedure, "botox")
+    response = browser.track(
+        {
+            "interaction_type": "engaged",
+            "target_type": "procedure",
+            "target_id": botox,
+            "metadata": {"seconds": 42, "path": "/procedures/botox"},
+        }
+    )
+    assert response.status_code == 202, response.get_json()
+    stored = [row[1:] for row in stored_interactions(catalog) if row[1] == "engaged"]
+    assert stored == [("engaged", "procedure", botox)]

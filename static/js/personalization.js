@@ -1,10 +1,12 @@
 /*
  * Antidote tracker: queues clicks on catalog links, search submits and form submits,
- * and sends them in one batch after a short pause (debounce). No dependencies.
+ * and sends them in one batch after a short pause (debounce); reports how long the
+ * page was visible when it is hidden or left. No dependencies.
  *
  * The server includes this script only for visitors it may track (no GPC, no DNT,
  * no opt-out, consent given in opt-in mode); it checks the browser's signals again.
- * Configuration comes from the script tag: data-endpoint, data-debounce-ms.
+ * Configuration comes from the script tag: data-endpoint, data-debounce-ms,
+ * data-page-item (the page's catalog item, "procedure:12"; absent elsewhere).
  */
 (function () {
   "use strict";
@@ -121,12 +123,44 @@
     });
   }, true);
 
+  // Engaged time: how long this page was visible, reported when it is hidden or
+  // left, against the page's item (data-page-item="procedure:12") or the page.
+  var MAX_ENGAGED_SECONDS = 1800; // the endpoint's limit per event
+  var pageItem = (script.getAttribute("data-page-item") || "").split(":");
+  var pageItemId = parseInt(pageItem[1], 10);
+  var visibleSince = document.visibilityState === "visible" ? Date.now() : 0;
+  var visibleMs = 0;
+
+  function reportEngagedTime() {
+    if (visibleSince) visibleMs += Date.now() - visibleSince;
+    visibleSince = 0;
+    var seconds = Math.min(Math.round(visibleMs / 1000), MAX_ENGAGED_SECONDS);
+    if (seconds < 1) return;
+    visibleMs = 0;
+    // Straight into the queue: enqueue() would fold two reports into one.
+    if (!queue.length) firstQueuedAt = Date.now();
+    queue.push({
+      interaction_type: "engaged",
+      target_type: pageItemId > 0 ? pageItem[0] : "page",
+      target_id: pageItemId > 0 ? pageItemId : null,
+      metadata: { seconds: seconds, path: location.pathname },
+    });
+  }
+
   // Navigation right after a click must lose nothing: send what is queued as the
   // page goes away.
   document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState === "hidden") flush();
+    if (document.visibilityState === "hidden") {
+      reportEngagedTime();
+      flush();
+    } else {
+      visibleSince = Date.now();
+    }
   });
-  window.addEventListener("pagehide", flush);
+  window.addEventListener("pagehide", function () {
+    reportEngagedTime();
+    flush();
+  });
 
   window.antidoteTracker = {
     track: function (interactionType, targetType, targetId, metadata) {

@@ -1,6 +1,8 @@
 """The JS tracker in a real browser: one debounced batch, nothing lost on navigation,
 nothing sent for visitors who opted out."""
 
+import json
+
 import pytest
 
 from browser_helpers import stay_on_page, tracking_requests, wait_for_rows
@@ -138,3 +140,21 @@ def test_pages_work_without_javascript(site, chromium):
     context.close()
     # Server-side view logging works without the script.
     assert site.query("SELECT count(*) FROM user_interactions")[0][0] >= 3
+
+
+def test_time_on_a_page_is_reported_when_the_visitor_leaves(site, page):
+    page.goto(site.url("/procedures/botox"))
+    page.wait_for_timeout(2200)
+    page.goto(site.url("/privacy"))  # pagehide: the visible time goes with it
+    rows = wait_for_rows(
+        site,
+        "SELECT target_type, target_id, extra_data FROM user_interactions "
+        "WHERE interaction_type = 'engaged'",
+        1,
+    )
+    assert len(rows) == 1
+    botox = site.query("SELECT id FROM procedures WHERE slug = 'botox'")[0][0]
+    target_type, target_id, extra = rows[0]
+    assert (target_type, target_id) == ("procedure", botox)
+    seconds = json.loads(extra)["seconds"]
+    assert 2 <= seconds <= 10
