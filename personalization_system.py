@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from models import Base, Category, Procedure, UserInteraction, db, utcnow
 from personalization import evaluation
 from personalization.consultations import Consultations, Contact, as_record
+from personalization.dashboard import Dashboard
 from personalization.events import (
     ExternalEvent,
     Interaction,
@@ -102,6 +103,7 @@ class PersonalizationSystem:
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
         self.experiment = Experiment(session, settings, clock)
+        self.dashboard = Dashboard(session, settings, clock)
         self.privacy = Privacy(
             session,
             settings,
@@ -112,6 +114,15 @@ class PersonalizationSystem:
             self.experiment,
         )
         self.clock = clock
+
+    @contextmanager
+    def reading(self):
+        """End the read transaction however the block ends: no snapshot (or, on
+        PostgreSQL, idle transaction) is held until the next request."""
+        try:
+            yield
+        finally:
+            self.session.rollback()
 
     @contextmanager
     def transaction(self):
@@ -174,32 +185,14 @@ class PersonalizationSystem:
         popular_in_city: int = 0,
         arm: str | None = None,
     ) -> HomeSections:
-        """The home page's sections for one visitor ({"category": 6, ...}), reading
-        their profile once: what they saw recently is in its own strip, not in
-        "for you"; a visitor who chose a city also gets its popular doctors.
-
-        The experiment's control arm sees popular lists and no history strip;
-        what they chose themselves (a city, "not interested") still holds."""
-        profile = self.profiles.load(visitor_id)
-        held_out = arm == CONTROL
-        recommender = self.recommenders.popular if held_out else None
-        sections = {
-            kind: self.sections.section(
-                profile, kind, size, recommender, exclude_seen=not held_out
-            )
-            for kind, size in sizes.items()
-        }
-        in_city = None
-        if profile.city and popular_in_city:
-            shown = frozenset(e.item.id for e in sections.get("doctor", []))
-            in_city = self.sections.popular_in_city(
-                profile.city, popular_in_city, shown
-            )
-        return HomeSections(
-            sections,
-            [] if held_out else self.sections.recently_viewed(profile, recently_viewed),
-            profile.city,
-            in_city if in_city else None,
+        """The home page's sections for one visitor ({"category": 6, ...}); the
+        experiment's control arm gets popular lists (see Sections.home)."""
+        return self.sections.home(
+            self.profiles.load(visitor_id),
+            sizes,
+            recently_viewed,
+            popular_in_city,
+            held_out=self.recommenders.popular if arm == CONTROL else None,
         )
 
     def recommend(
@@ -246,17 +239,21 @@ class PersonalizationSystem:
 
     def experiment_report(self, days: int = 30) -> ExperimentReport:
         """How the arms compare over visitors assigned in the last `days` days."""
-        try:
+        with self.reading():
             return self.experiment.report(days)
+
+    def dashboard_page(self, name: str, days: int) -> dict:
+        """One admin dashboard page's figures (personalization/dashboard.py
+        PAGES) over the last `days` days."""
+        try:
+            return self.dashboard.page(name, days, self.regional_match_rates)
         finally:
             self.session.rollback()
 
     def recommendation_stats(self, visitor_id: str) -> dict:
         """What a visitor was recommended, clicked and dismissed."""
-        try:
+        with self.reading():
             return self.impressions.stats(visitor_id)
-        finally:
-            self.session.rollback()
 
     # Consultation requests (personal data: never streamed anywhere)
 
@@ -273,17 +270,9 @@ class PersonalizationSystem:
         with self.transaction():
             request = self.consultations.create(visitor_id, subject, contact)
             if visitor_id and tracked_session:
+                submit = Interaction("form_submit", subject, {"form": "consultation"})
                 self.ingest.record(
-                    [
-                        VisitorInteraction(
-                            visitor_id,
-                            tracked_session,
-                            Interaction(
-                                "form_submit", subject, {"form": "consultation"}
-                            ),
-                        )
-                    ],
-                    None,
+                    [VisitorInteraction(visitor_id, tracked_session, submit)], None
                 )
             return request.reference
 
@@ -293,10 +282,8 @@ class PersonalizationSystem:
 
     def leads(self, since: datetime | None = None) -> list[dict]:
         """Every consultation request (made since a moment), as plain records."""
-        try:
+        with self.reading():
             return [as_record(r) for r in self.consultations.since(since)]
-        finally:
-            self.session.rollback()
 
     # What a visitor chose
 
@@ -314,23 +301,15 @@ class PersonalizationSystem:
     ) -> list[CityRates]:
         """Per chosen city: how often each procedure is in a sampled visitor's
         top k, as the home page ranks it."""
-        try:
+        with self.reading():
             return match_rates(
                 self.preferences.visitors_by_city(),
-                lambda visitor_id: [
-                    entry.item.id
-                    for entry in self.sections.section(
-                        self.profiles.load(visitor_id),
-                        "procedure",
-                        k,
-                        exclude_seen=True,
-                    )
-                ],
+                lambda visitor_id: self.sections.home_procedure_ids(
+                    self.profiles.load(visitor_id), k
+                ),
                 sample_size,
                 seed,
             )
-        finally:
-            self.session.rollback()
 
     # Maintenance
 
@@ -398,17 +377,13 @@ class PersonalizationSystem:
 
     def visitor_summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
-        try:
+        with self.reading():
             return self.privacy.summary(visitor_id)
-        finally:
-            self.session.rollback()  # end the read transaction
 
     def visitor_data(self, visitor_id: str) -> dict:
         """Everything stored about a visitor, for them to download."""
-        try:
+        with self.reading():
             return self.privacy.download(visitor_id, self.clock())
-        finally:
-            self.session.rollback()
 
     def forget_visitor(self, visitor_id: str) -> dict[str, int]:
         """Erase everything stored under this visitor id; say what went."""
@@ -417,20 +392,16 @@ class PersonalizationSystem:
 
     def export_datasets(self, output_dir: Path) -> dict[str, int]:
         """Write the Personalize dataset files; rows written per file."""
-        try:
+        with self.reading():
             return export_datasets(self.session, self.settings, output_dir)
-        finally:
-            self.session.rollback()  # end the read transaction
 
     def evaluate(self, test: dict[str, set[int]], k: int, catalog_size: int) -> dict:
         """Score every recommender on a split's test visitors (see replay_system):
         each visitor's hidden procedure ids, by visitor id."""
-        try:
+        with self.reading():
             return evaluation.score_recommenders(
                 self.recommenders.by_name(), self.profiles.load, test, k, catalog_size
             )
-        finally:
-            self.session.rollback()
 
 
 def replay_system(

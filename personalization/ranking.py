@@ -173,6 +173,45 @@ class Sections:
             scored = nearby_first(scored, self.items.doctors_in(visitor.city), k)
         return self.load(kind, scored, visitor.city)
 
+    def home(
+        self,
+        visitor: VisitorProfile,
+        sizes: dict[str, int],
+        recently_viewed: int = 0,
+        popular_in_city: int = 0,
+        held_out: Recommender | None = None,
+    ) -> HomeSections:
+        """The home page's sections ({"category": 6, ...}) for one profile: what
+        the visitor saw recently is in its own strip, not in "for you"; a visitor
+        who chose a city also gets its popular doctors.
+
+        held_out: the recommender of the experiment's control arm (popular), who
+        get no history strip either; what they chose themselves (a city, "not
+        interested") still holds."""
+        sections = {
+            kind: self.section(
+                visitor, kind, size, held_out, exclude_seen=held_out is None
+            )
+            for kind, size in sizes.items()
+        }
+        in_city = None
+        if visitor.city and popular_in_city:
+            shown = frozenset(e.item.id for e in sections.get("doctor", []))
+            in_city = self.popular_in_city(visitor.city, popular_in_city, shown)
+        return HomeSections(
+            sections,
+            [] if held_out else self.recently_viewed(visitor, recently_viewed),
+            visitor.city,
+            in_city if in_city else None,
+        )
+
+    def home_procedure_ids(self, visitor: VisitorProfile, k: int) -> list[int]:
+        """The procedures the home page ranks first for a visitor (regions)."""
+        return [
+            entry.item.id
+            for entry in self.section(visitor, "procedure", k, exclude_seen=True)
+        ]
+
     def similar(
         self, item: ItemKey, k: int, recommender: Recommender | None = None
     ) -> Ranking:
