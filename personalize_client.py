@@ -10,7 +10,23 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 log = logging.getLogger(__name__)
+
+CALLS = Counter(
+    "antidote_personalize_calls",
+    "Calls to AWS Personalize by operation and outcome (ok, timeout, throttled, "
+    "error, circuit_open, budget: the last two were never sent).",
+    ["operation", "outcome"],
+)
+# livemax: with several gunicorn workers, open if any running worker's is open.
+CIRCUIT_OPEN = Gauge(
+    "antidote_personalize_circuit_open",
+    "1 while a Personalize circuit breaker is open (ranking, events), else 0.",
+    ["circuit"],
+    multiprocess_mode="livemax",
+)
 
 # Limits of the Personalize APIs. botocore's Stubber checks required fields and
 # types but not these maximums, so they are enforced here.
@@ -22,7 +38,27 @@ MAX_SIMILAR_RESULTS = 500
 
 
 class PersonalizeUnavailable(RuntimeError):
-    """Personalize did not accept a call (error, timeout, or the circuit is open)."""
+    """Personalize did not accept a call (error, timeout, or the circuit is open).
+
+    reason: timeout, throttled, error, circuit_open, budget or not_configured.
+    """
+
+    def __init__(self, message: str, reason: str = "error"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def failure_reason(error: Exception) -> str:
+    """Name a botocore error for metrics: timeout, throttled or error."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
+
+    if isinstance(error, ConnectTimeoutError | ReadTimeoutError):
+        return "timeout"
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("ThrottlingException", "TooManyRequestsException"):
+            return "throttled"
+    return "error"
 
 
 class CircuitBreaker:
@@ -46,6 +82,13 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self._trial_running = False
         self._lock = threading.Lock()
+        # Told True when the circuit opens and False when it closes (a gauge).
+        self.on_change: Callable[[bool], None] | None = None
+
+    def watch(self, on_change: Callable[[bool], None]) -> None:
+        """Report the circuit's state now and at each change."""
+        self.on_change = on_change
+        on_change(self.is_open)
 
     @property
     def is_open(self) -> bool:
@@ -64,20 +107,27 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
+            was_open = self.opened_at is not None
             self.failures = 0
             self.opened_at = None
             self._trial_running = False
+        if was_open and self.on_change:
+            self.on_change(False)
 
     def record_failure(self) -> None:
         with self._lock:
             self.failures += 1
             self._trial_running = False
+            opening = False
             if self.failures >= self.failure_threshold:
-                if self.opened_at is None:
+                opening = self.opened_at is None
+                if opening:
                     log.warning(
                         "Personalize circuit opened after %d failures", self.failures
                     )
                 self.opened_at = self.clock()
+        if opening and self.on_change:
+            self.on_change(True)
 
 
 def personalize_event(
@@ -179,6 +229,10 @@ class PersonalizeClient:
         self.events_breaker = events_breaker or CircuitBreaker()
         self.page_budget = page_budget
         self.enabled = bool(campaign_arn)
+        self.breaker.watch(CIRCUIT_OPEN.labels("ranking").set)
+        self.events_breaker.watch(CIRCUIT_OPEN.labels("events").set)
+        # Why this thread's latest page call failed (see last_failure).
+        self._failure = threading.local()
 
     @classmethod
     def from_config(cls, config) -> "PersonalizeClient":
@@ -233,15 +287,25 @@ class PersonalizeClient:
         if self.page_budget:
             self.page_budget.end_page()
 
+    def last_failure(self) -> str | None:
+        """Why this thread's latest re-ranking or similar-items call got no answer
+        (timeout, throttled, error, circuit_open, budget), or None."""
+        return getattr(self._failure, "reason", None)
+
     def _page_call(self, operation: str, call: Callable[[], Any]) -> Any:
         """A call on the page path: within the page's budget, then the breaker."""
         budget = self.page_budget
         if budget and not budget.allows_a_call():
-            raise PersonalizeUnavailable("the page's Personalize budget is spent")
+            CALLS.labels(operation, "budget").inc()
+            self._failure.reason = "budget"
+            raise PersonalizeUnavailable(
+                "the page's Personalize budget is spent", "budget"
+            )
         started = time.perf_counter()
         try:
             return self._call(operation, call, self.breaker)
-        except PersonalizeUnavailable:
+        except PersonalizeUnavailable as error:
+            self._failure.reason = error.reason
             if budget:
                 budget.exhaust()  # failing now: no second wait on this page
             raise
@@ -256,26 +320,31 @@ class PersonalizeClient:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if not breaker.allow():
-            raise PersonalizeUnavailable("circuit open")
+            CALLS.labels(operation, "circuit_open").inc()
+            raise PersonalizeUnavailable("circuit open", "circuit_open")
         started = time.perf_counter()
         try:
             response = call()
         except (BotoCoreError, ClientError) as error:
             breaker.record_failure()
+            reason = failure_reason(error)
+            CALLS.labels(operation, reason).inc()
             log.warning(
                 "Personalize %s failed after %.0f ms: %s",
                 operation,
                 (time.perf_counter() - started) * 1000,
                 error,
             )
-            raise PersonalizeUnavailable(str(error)) from error
+            raise PersonalizeUnavailable(str(error), reason) from error
         breaker.record_success()
+        CALLS.labels(operation, "ok").inc()
         return response
 
     def rerank(
         self, user_id: str, item_ids: list[str]
     ) -> list[tuple[str, float]] | None:
         """Order candidates with GetPersonalizedRanking; None to keep local order."""
+        self._failure.reason = None
         if not self.campaign_arn or not item_ids:
             return None
         try:
@@ -296,6 +365,7 @@ class PersonalizeClient:
 
     def similar_items(self, item_id: str, limit: int) -> list[tuple[str, float]] | None:
         """Items like this one from the SIMS campaign; None when not configured."""
+        self._failure.reason = None
         if not self.sims_campaign_arn:
             return None
         try:
@@ -317,7 +387,9 @@ class PersonalizeClient:
     def put_events(self, user_id: str, session_id: str, events: list[dict]) -> None:
         """Send up to 10 events of one visitor session; raise if not accepted."""
         if not self.tracking_id:
-            raise PersonalizeUnavailable("AWS_PERSONALIZE_TRACKING_ID is not set")
+            raise PersonalizeUnavailable(
+                "AWS_PERSONALIZE_TRACKING_ID is not set", "not_configured"
+            )
         if not 1 <= len(events) <= MAX_EVENTS_PER_CALL:
             raise ValueError(f"PutEvents takes 1 to {MAX_EVENTS_PER_CALL} events")
         self._call(

@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app, request
 
 from amplitude import (
     MAX_EVENTS,
+    SOURCE,
     PayloadError,
     read_events,
     summary,
@@ -15,6 +16,7 @@ from amplitude import (
     unpack_payload,
 )
 from models import utcnow
+from personalization import telemetry
 from personalization_system import current_system
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,20 @@ log = logging.getLogger(__name__)
 webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 MAX_BODY_BYTES = 1024 * 1024
+
+# amplitude.py's reasons for skipping an event, by a phrase in each, as the few
+# names metrics count them under (a label per wording would be unbounded).
+SKIP_REASONS = (
+    ("cohort webhook", "cohort"),
+    ("not a JSON object", "malformed"),
+    ("no event_type", "malformed"),
+    ("is not an interaction", "not_interaction"),
+    ("unknown event type", "unknown_type"),
+    ("names no catalog item", "no_item"),
+    ("no visitor_id", "no_visitor"),
+    ("retention", "too_old"),
+    ("in the future", "future"),
+)
 
 
 def presented_token() -> str | None:
@@ -81,6 +97,8 @@ def amplitude():
         skip_reason,
     )
     recorded = system.record_external(readable, received_at)
+    for error in skipped:
+        telemetry.rejected(SOURCE, skip_reason_name(error["reason"]))
     result = summary(
         recorded.processed,
         skipped + recorded.errors,
@@ -94,3 +112,11 @@ def amplitude():
         result["duplicates"],
     )
     return result
+
+
+def skip_reason_name(reason: str) -> str:
+    """The metrics name of a reason amplitude.py gave for skipping an event."""
+    for phrase, name in SKIP_REASONS:
+        if phrase in reason:
+            return name
+    return "other"

@@ -3,6 +3,7 @@ tracker, server-side page views, webhooks): checked against the catalog, appende
 to the log, and folded into affinities, popularity, co-visitation and the
 Personalize outbox, all in the caller's transaction."""
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,8 +17,10 @@ from models import (
     dialect_insert,
     lock_for_writing,
 )
+from personalization import telemetry
 from personalization.events import (
     IMPRESSION_TYPES,
+    INTERACTION_TYPES,
     EventError,
     ExternalEvent,
     Interaction,
@@ -25,6 +28,7 @@ from personalization.events import (
     VisitorInteraction,
     encode_metadata,
     parse_event,
+    parse_target,
 )
 from personalization.identity import Identity
 from personalization.items import Items, split_evenly
@@ -32,6 +36,13 @@ from personalization.outbox import Outbox
 from personalization.profiles import Profiles
 from personalization.settings import Settings
 from personalization.statistics import Affinity, CoVisitation, Popularity
+
+# The tracker's events, as metrics label their source (a webhook's carry their own).
+TRACKER = "tracker"
+# What became of a webhook event, for metrics: this, or why it was refused.
+ACCEPTED = "accepted"
+# The fields of a tracker event (events.parse_event refuses any other).
+EVENT_FIELDS = frozenset({"interaction_type", "target_type", "target_id", "metadata"})
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Ingest:
                 parsed.append((index, parse_event(raw)))
             except EventError as error:
                 rejected.append({"index": index, "error": str(error)})
+                telemetry.rejected(TRACKER, rejection_reason(raw))
         known = self.items.existing(i.item for _, i in parsed if i.item)
         valid = []
         for index, interaction in parsed:
@@ -90,9 +102,11 @@ class Ingest:
                 rejected.append(
                     {"index": index, "error": f"no {item.kind} with id {item.id}"}
                 )
+                telemetry.rejected(TRACKER, "unknown_item")
             else:
                 valid.append(interaction)
         rejected.sort(key=lambda r: r["index"])
+        telemetry.accepted(TRACKER, len(valid))
         return valid, rejected
 
     def record(
@@ -158,6 +172,7 @@ class Ingest:
         """Resolve webhook events to catalog items and visitors, drop what was
         delivered before, and record the rest."""
         result = ExternalResult()
+        outcomes: Counter[tuple[str, str]] = Counter()  # (source, outcome): events
         resolved = self.items.resolve(ref for e in events for ref in e.item_refs)
         relevant: list[tuple[ExternalEvent, list[ItemKey]]] = []
         for event in events:
@@ -169,20 +184,28 @@ class Ingest:
                 result.errors.append(
                     {"index": event.index, "reason": f"no catalog item {refs!r}"}
                 )
+                outcomes[event.source, "unknown_item"] += 1
         visitors = self.visitors_of([event for event, _ in relevant])
         fresh = self.new_keys(sorted({e.dedup_key for e, _ in relevant}), received_at)
         entries = []
         for event, keys in relevant:
             if event.dedup_key not in fresh:
                 result.duplicates += 1
+                outcomes[event.source, "duplicate"] += 1
                 continue
             fresh.discard(event.dedup_key)  # a repeat within the batch
             result.processed += 1
+            outcomes[event.source, ACCEPTED] += 1
             entries += [
                 VisitorInteraction(visitors[event.index], event.session_id, interaction)
                 for interaction in external_interactions(event, keys)
             ]
         self.record(entries, now=received_at)
+        for (source, outcome), count in outcomes.items():
+            if outcome == ACCEPTED:
+                telemetry.accepted(source, count)
+            else:
+                telemetry.rejected(source, outcome, count)
         return result
 
     def visitors_of(self, events: list[ExternalEvent]) -> dict[int, str]:
@@ -228,6 +251,21 @@ class Ingest:
             .returning(table.c.key_hash)
         )
         return set(self.session.scalars(statement))
+
+
+def rejection_reason(raw: Any) -> str:
+    """Why parse_event refused an event, as one of a few names (a metrics label,
+    where its message would make a series per wording): malformed, unknown_type,
+    bad_target or bad_metadata."""
+    if not isinstance(raw, dict) or set(raw) - EVENT_FIELDS:
+        return "malformed"
+    if raw.get("interaction_type") not in INTERACTION_TYPES:
+        return "unknown_type"
+    try:
+        parse_target(raw.get("target_type"), raw.get("target_id"))
+    except EventError:
+        return "bad_target"
+    return "bad_metadata"  # the metadata, or a search without its query
 
 
 def log_row(entry: VisitorInteraction, now: datetime) -> dict:

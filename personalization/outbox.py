@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 
 from models import PersonalizeOutbox, as_utc
 from personalization.events import VisitorInteraction
@@ -147,3 +147,14 @@ class Outbox:
         return self.session.scalar(
             select(func.count()).where(self.table.c.sent_at.is_(None))
         )
+
+    def backlog(self) -> tuple[int, int]:
+        """Unsent events, in one query: those still to deliver, and dead letters
+        (refused MAX_ATTEMPTS times, never tried again)."""
+        dead = self.table.c.attempts >= MAX_ATTEMPTS
+        unsent, dead_letters = self.session.execute(
+            select(func.count(), func.sum(case((dead, 1), else_=0))).where(
+                self.table.c.sent_at.is_(None)
+            )
+        ).one()
+        return unsent - (dead_letters or 0), dead_letters or 0

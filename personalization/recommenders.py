@@ -9,10 +9,12 @@ back short. tests/test_recommender_contract.py holds every one to the contract.
 """
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from functools import wraps
 from typing import Protocol
 
+from personalization import telemetry
 from personalization.events import ItemKey
 from personalization.items import Items
 from personalization.profiles import VisitorProfile, anonymous
@@ -77,6 +79,56 @@ class PersonalizeAdapter(Protocol):
         self, item_id: str, limit: int
     ) -> list[tuple[str, float]] | None: ...
 
+    def last_failure(self) -> str | None:
+        """Why this thread's latest call got no answer (timeout, error,
+        throttled, circuit_open, budget), or None."""
+        ...
+
+
+def measured_recommend(method: Callable) -> Callable:
+    """Time a recommender's `recommend`, and record and log how its list was
+    filled (personalization.telemetry); calls nested in it are part of it."""
+
+    @wraps(method)
+    def recommend(self, visitor, kind, k, exclude=()):
+        subject = telemetry.visitor_label(visitor.visitor_id)
+        with telemetry.ranking(self.name, "recommend", kind, subject) as decision:
+            found = method(self, visitor, kind, k, exclude)
+            if decision:
+                describe(decision, found, fills=self.name != "popular")
+        return found
+
+    return recommend
+
+
+def measured_similar(method: Callable) -> Callable:
+    """`measured_recommend` for a recommender's `similar`."""
+
+    @wraps(method)
+    def similar(self, item, k):
+        with telemetry.ranking(self.name, "similar", item.kind, str(item)) as decision:
+            found = method(self, item, k)
+            if decision:
+                describe(decision, found, fills=self.name != "popular")
+        return found
+
+    return similar
+
+
+def describe(decision: telemetry.Decision, found: list[Scored], fills: bool) -> None:
+    """Say where a list came from and whether popularity filled it: all of it
+    (cold_start: nothing personal to go on) or its end (popular_fill). `fills`
+    is False for the popularity recommender, whose answer is popularity."""
+    fallback = sum(entry.source == FALLBACK for entry in found)
+    if any(entry.source == PERSONALIZE for entry in found):
+        decision.source = PERSONALIZE
+    elif len(found) > fallback:
+        decision.source = ENGINE
+    elif found:
+        decision.source = FALLBACK
+    if fills and fallback:
+        decision.fell_back("popular_fill" if len(found) > fallback else "cold_start")
+
 
 def non_increasing(scored: list[Scored]) -> list[Scored]:
     """Cap each score at the one above it, so a list's scores never rise.
@@ -120,6 +172,7 @@ class PopularityRecommender:
         self.popularity = popularity
         self.items = items
 
+    @measured_recommend
     def recommend(
         self,
         visitor: VisitorProfile,
@@ -136,6 +189,7 @@ class PopularityRecommender:
                 found.append(Scored(ItemKey(kind, item_id), score, "popular", FALLBACK))
         return found
 
+    @measured_similar
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """The most popular other items of its kind."""
         if not self.items.existing([item]):
@@ -173,6 +227,7 @@ class BlendRecommender:
         self.covisitation = covisitation
         self.fallback = fallback
 
+    @measured_recommend
     def recommend(
         self,
         visitor: VisitorProfile,
@@ -319,6 +374,7 @@ class BlendRecommender:
             for s in best_first(scores, "affinity")
         ]
 
+    @measured_similar
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """Procedures its visitors also viewed, then popular ones of its category,
         then popular ones. Other kinds have no neighbours: popular ones of the kind."""
@@ -369,6 +425,7 @@ class PersonalizeRecommender:
         self.items = items
         self.candidates = candidates
 
+    @measured_recommend
     def recommend(
         self,
         visitor: VisitorProfile,
@@ -383,13 +440,17 @@ class PersonalizeRecommender:
             return pool[:k]  # nothing personal to re-rank: a cold visitor
         ranked = self.adapter.rerank(visitor.visitor_id, [str(s.item) for s in pool])
         if ranked is None:
+            self.note_failure()
             return pool[:k]
         return non_increasing(reordered(pool, ranked))[:k]
 
+    @measured_similar
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """Items like this one from the SIMS campaign, when it names at least k of
         the catalog's; else the local engine's."""
         answer = self.adapter.similar_items(str(item), k + 1)
+        if answer is None:
+            self.note_failure()
         if answer and self.items.existing([item]):
             similar = unique(
                 [
@@ -400,7 +461,14 @@ class PersonalizeRecommender:
             )
             if len(similar) >= k:
                 return non_increasing(similar[:k])
+            telemetry.fell_back("personalize_short")
         return self.local.similar(item, k)
+
+    def note_failure(self) -> None:
+        """Record why Personalize gave no answer, if it failed (not merely off)."""
+        reason = self.adapter.last_failure()
+        if reason:
+            telemetry.fell_back(f"personalize_{reason}")
 
 
 def reordered(pool: list[Scored], ranked: list[tuple[str, float]]) -> list[Scored]:
