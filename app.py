@@ -20,7 +20,13 @@ from models import db
 log = logging.getLogger(__name__)
 
 # Paths whose clients are programs: their errors are JSON, never an HTML page.
-JSON_PATH_PREFIXES = ("/personalization/", "/api/", "/webhooks/", "/healthz")
+JSON_PATH_PREFIXES = (
+    "/personalization/",
+    "/api/",
+    "/webhooks/",
+    "/healthz",
+    "/metrics",
+)
 # Seconds a client should wait before retrying while the database is down.
 RETRY_AFTER_SECONDS = 30
 # Longest query string served; gunicorn's request-line limit is about the same.
@@ -63,6 +69,10 @@ def create_app(config: dict | None = None) -> Flask:
     # Amplitude cannot send a CSRF token; the webhook checks its own secret.
     csrf.exempt(webhooks)
     app.register_blueprint(webhooks)
+
+    import metrics
+
+    metrics.init_app(app)
 
     from commands import register_commands
 

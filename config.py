@@ -132,6 +132,11 @@ def settings_from_environment(instance_path: str) -> dict:
         # A ceiling for every request body; endpoints set tighter limits of their own.
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
         "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
+        # A Prometheus server's `Authorization: Bearer` token for /metrics; empty:
+        # only a local address or a signed-in admin may read it.
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN", "").strip(),
+        # Log each ranking decision (source, fallback reason, time) at DEBUG.
+        "RANKING_DEBUG_LOG": env_bool("RANKING_DEBUG_LOG", False),
     }
 
 

@@ -12,6 +12,11 @@ project folder by itself (tests and benchmarks that start gunicorn get it too).
 - The access log keeps no query string (searches are interests: health data),
   no referrer or user agent, and addresses cut to their network (/24 for IPv4,
   /48 for IPv6), for every visitor.
+- Metrics (metrics.py) in prometheus_client's multiprocess mode: a scrape lands
+  on one worker, so each worker writes its counts into PROMETHEUS_MULTIPROC_DIR
+  and /metrics adds them up. Unset, a fresh temporary folder is made for this
+  server and removed when it stops; a folder that is set is emptied of an
+  earlier run's files at start, as prometheus_client requires.
 
 GUNICORN_CMD_ARGS adds or overrides settings, e.g. "--access-logfile /var/log/x".
 """
@@ -19,6 +24,9 @@ GUNICORN_CMD_ARGS adds or overrides settings, e.g. "--access-logfile /var/log/x"
 import ipaddress
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from gunicorn.glogging import Logger
 
@@ -52,3 +60,32 @@ class PrivateAccessLogger(Logger):
 
 
 logger_class = PrivateAccessLogger
+
+
+# Set here, in the master, before any worker imports prometheus_client: it picks
+# its storage at import. Workers inherit the environment.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    metrics_folder = tempfile.mkdtemp(prefix="antidote-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
+    os.environ["ANTIDOTE_OWNS_METRICS_DIR"] = "1"
+
+
+def on_starting(server):
+    """Start the metrics from zero: files of an earlier run would add up too."""
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (a Personalize circuit it saw open)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file made (not one the operator chose)."""
+    if os.environ.get("ANTIDOTE_OWNS_METRICS_DIR"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
