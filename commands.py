@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from demo_catalog import catalog_is_empty, seed_demo_catalog
+from demo_traffic import DEFAULT_DAYS, has_interactions, seed_demo_traffic
 from models import Category, Procedure, UserInteraction, as_utc, db, utcnow
 from personalization.evaluation import SPLITS, format_table, split_log
 from personalization.events import Interaction, ItemKey, VisitorInteraction
@@ -25,27 +26,56 @@ from personalization_system import current_system, replay_system
 @click.option(
     "--if-empty",
     is_flag=True,
-    help="Seed only when the catalog has no categories at all (used by `make run`).",
+    help="Seed the catalog only when it has no categories at all (used by `make run`).",
 )
-def seed_demo_command(if_empty: bool) -> None:
-    """Fill the database with the demo catalog (adds only what is missing)."""
+@click.option(
+    "--no-traffic",
+    is_flag=True,
+    help="Do not simulate demo visitors. (They are only ever added to a database "
+    "with no visitor interactions.)",
+)
+def seed_demo_command(if_empty: bool, no_traffic: bool) -> None:
+    """Fill the database with the demo catalog (adds only what is missing) and,
+    while no visitor has been recorded, a month of simulated demo traffic."""
     try:
         if if_empty and not catalog_is_empty():
-            click.echo("Catalog already has data; not seeding.")
-            return
-        added = seed_demo_catalog()
+            click.echo("Catalog already has data; not seeding the catalog.")
+        else:
+            added = seed_demo_catalog()
+            if any(added.values()):
+                click.echo(
+                    "Added "
+                    + ", ".join(f"{count} {kind}" for kind, count in added.items())
+                    + " to the demo catalog."
+                )
+            else:
+                click.echo("Demo catalog already present; nothing to add.")
     except SQLAlchemyError as error:
         raise click.ClickException(
             f"could not seed the demo catalog: {error.__class__.__name__}: {error}. "
             "Has `flask db upgrade` been run?"
         ) from error
-    if not any(added.values()):
-        click.echo("Demo catalog already present; nothing to add.")
+    if no_traffic:
+        return
+    started = time.monotonic()
+    try:
+        if has_interactions(db.session):
+            click.echo("Visitor interactions already recorded; no demo traffic added.")
+            return
+        seeded = seed_demo_traffic(current_system())
+    except SQLAlchemyError as error:
+        raise click.ClickException(
+            f"could not seed the demo traffic: {error.__class__.__name__}: {error}"
+        ) from error
+    if seeded is None:
+        click.echo("The catalog has no procedures; no demo traffic added.")
         return
     click.echo(
-        "Added "
-        + ", ".join(f"{count} {kind}" for kind, count in added.items())
-        + " to the demo catalog."
+        f"Simulated demo traffic: {seeded['visitors']} visitors "
+        f"({seeded['control']} in the control arm), {seeded['events']} events, "
+        f"{seeded['impressions']} recommendation lists shown, "
+        f"{seeded['consultations']} consultation requests over the last "
+        f"{DEFAULT_DAYS} days, in {time.monotonic() - started:.1f}s."
     )
 
 

@@ -64,9 +64,11 @@ def test_seed_command_reports_what_it_added(runner, app):
     result = runner.invoke(args=["seed-demo"])
     assert result.exit_code == 0, result.output
     assert "Added 8 categories, 60 procedures, 40 doctors, 20 packages" in result.output
+    assert "Simulated demo traffic: 300 visitors" in result.output
     again = runner.invoke(args=["seed-demo"])
     assert again.exit_code == 0
     assert "nothing to add" in again.output
+    assert "no demo traffic added" in again.output
 
 
 def test_seed_if_empty_leaves_an_existing_catalog_alone(runner, app):
@@ -75,7 +77,8 @@ def test_seed_if_empty_leaves_an_existing_catalog_alone(runner, app):
         db.session.commit()
     result = runner.invoke(args=["seed-demo", "--if-empty"])
     assert result.exit_code == 0
-    assert "not seeding" in result.output
+    assert "not seeding the catalog" in result.output
+    assert "no procedures; no demo traffic added" in result.output
     with app.app_context():
         assert catalog_counts()["procedures"] == 0
 
