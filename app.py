@@ -62,10 +62,12 @@ def create_app(config: dict | None = None) -> Flask:
 
     personalization_system.init_app(app)
 
+    from admin import admin
     from routes import web
     from webhooks import webhooks
 
     app.register_blueprint(web)
+    app.register_blueprint(admin)
     # Amplitude cannot send a CSRF token; the webhook checks its own secret.
     csrf.exempt(webhooks)
     app.register_blueprint(webhooks)

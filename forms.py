@@ -1,11 +1,18 @@
 """Forms people fill in on the site (Flask-WTF: CSRF token, server-side checks
-with a message next to each field): the consultation request."""
+with a message next to each field): the consultation request, and the admin
+dashboard's login."""
 
 import re
 from datetime import date, timedelta
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, DateField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    DateField,
+    PasswordField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields import EmailField, TelField
 from wtforms.validators import (
     DataRequired,
@@ -133,3 +140,18 @@ class ConsultationForm(FlaskForm):
             message=(self.message.data or "").strip(),
             consent_to_contact=bool(self.consent.data),
         )
+
+
+class LoginForm(FlaskForm):
+    """Sign in to the admin dashboard."""
+
+    username = StringField(
+        "Username",
+        validators=[DataRequired("Enter your username."), Length(max=80)],
+        filters=[strip],
+    )
+    # Long enough for any passphrase, short enough that hashing stays cheap.
+    password = PasswordField(
+        "Password",
+        validators=[DataRequired("Enter your password."), Length(max=1024)],
+    )
