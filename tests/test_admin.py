@@ -4,7 +4,7 @@ limits, session), private pages, and each page's figures on known data."""
 import json
 import re
 import secrets
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -446,10 +446,10 @@ def traffic(catalog, admin_app):
                     created_at=at(0.95),
                 ),
                 RejectedEventCount(
-                    day=date.today(), source="tracker", reason="unknown_item", count=4
+                    day=NOW.date(), source="tracker", reason="unknown_item", count=4
                 ),
                 RejectedEventCount(
-                    day=date.today() - timedelta(days=1),
+                    day=NOW.date() - timedelta(days=1),
                     source="amplitude",
                     reason="bad_time",
                     count=2,
@@ -644,7 +644,7 @@ def test_labels_are_escaped(traffic, signed_in):
     with traffic.app_context():
         db.session.add(
             RejectedEventCount(
-                day=date.today(), source="tracker", reason="<script>x</script>", count=1
+                day=NOW.date(), source="tracker", reason="<script>x</script>", count=1
             )
         )
         db.session.commit()

@@ -5,7 +5,7 @@ than a phone's screen, and no serious accessibility violation."""
 import json
 import sqlite3
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from werkzeug.security import generate_password_hash
@@ -117,7 +117,7 @@ def seed_dashboard(site) -> None:
         db.execute(
             "INSERT INTO rejected_event_counts (day, source, reason, count) "
             "VALUES (?, 'tracker', 'unknown_item', 3)",
-            (date.today().isoformat(),),
+            (datetime.now(UTC).date().isoformat(),),
         )
 
 
