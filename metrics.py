@@ -31,7 +31,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import db
 from personalization import telemetry
 from personalization_system import current_system
 
@@ -150,12 +149,10 @@ class BacklogCollector:
 
     def collect(self):
         try:
-            pending, dead_letters = current_system().outbox.backlog()
+            pending, dead_letters = current_system().outbox_backlog()
         except SQLAlchemyError as error:  # the scrape still answers, without these
             log.warning("outbox backlog not read: %s", error.__class__.__name__)
             return
-        finally:
-            db.session.rollback()  # end the read transaction
         yield GaugeMetricFamily(
             "antidote_outbox_pending_events",
             "Events queued for AWS Personalize, not yet delivered.",

@@ -12,6 +12,7 @@ returns, or rolls back and re-raises; nothing inside the package commits.
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -35,7 +36,7 @@ from personalization.experiment import CONTROL, Experiment, ExperimentReport
 from personalization.export import export_datasets
 from personalization.identity import Identity
 from personalization.impressions import Impressions
-from personalization.ingest import ExternalResult, Ingest, log_row
+from personalization.ingest import TRACKER, ExternalResult, Ingest, log_row
 from personalization.items import Items
 from personalization.outbox import Outbox
 from personalization.preferences import Preferences
@@ -48,10 +49,11 @@ from personalization.recommenders import (
     build_recommenders,
 )
 from personalization.regions import CityRates, match_rates
+from personalization.rejections import Rejections
 from personalization.retention import Retention, RetentionTask
 from personalization.settings import Settings
 from personalization.statistics import Affinity, CoVisitation, Popularity
-from personalize_client import PersonalizeClient, PersonalizeUnavailable
+from personalize_client import PersonalizeClient
 from search import result_categories
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class PersonalizationSystem:
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
+        self.rejections = Rejections(session, clock)
         self.experiment = Experiment(session, settings, clock)
         self.dashboard = Dashboard(session, settings, clock)
         self.privacy = Privacy(
@@ -147,8 +150,13 @@ class PersonalizationSystem:
     # Tracking
 
     def validate_events(self, raw_events: list) -> tuple[list[Interaction], list]:
-        """Split tracker events into valid interactions and indexed rejections."""
-        return self.ingest.validate(raw_events)
+        """Split tracker events into valid interactions and rejections (index,
+        error, reason); the rejections are counted per reason (committed)."""
+        valid, rejected = self.ingest.validate(raw_events)
+        if rejected:
+            with self.transaction():
+                self.rejections.count(Counter((TRACKER, r["reason"]) for r in rejected))
+        return valid, rejected
 
     def record_interactions(
         self,
@@ -168,12 +176,19 @@ class PersonalizationSystem:
             return self.ingest.record(entries, now)
 
     def record_external(
-        self, events: list[ExternalEvent], received_at: datetime
+        self,
+        events: list[ExternalEvent],
+        received_at: datetime,
+        skipped: Counter | None = None,
     ) -> ExternalResult:
-        """Record a webhook's events with their de-duplication keys, in one
-        transaction: a failure stores nothing, and a retry is not counted twice."""
+        """Record a webhook's events with their de-duplication keys, and count
+        what was refused ({(source, reason): events} skipped before, and what
+        named no item or came twice), in one transaction: a failure stores
+        nothing, and a retry is not counted twice."""
         with self.transaction():
-            return self.ingest.record_external(events, received_at)
+            result = self.ingest.record_external(events, received_at)
+            self.rejections.count((skipped or Counter()) + result.refused)
+            return result
 
     # Rankings
 
@@ -328,32 +343,16 @@ class PersonalizationSystem:
     def sync_personalize_events(
         self, client: PersonalizeClient, max_events: int = 1000, now=None
     ) -> dict[str, int]:
-        """Stream queued interactions to Personalize (PutEvents), oldest first.
+        """Stream queued interactions to Personalize, each accepted call committed
+        on its own (see Outbox.deliver); say how many went and how many wait."""
+        return self.outbox.deliver(
+            client, max_events, now or utcnow(), self.transaction, utcnow
+        )
 
-        Each accepted call is marked sent in its own commit, so an outage loses
-        nothing and a later run does not resend it; only a crash between AWS's
-        answer and that commit sends one call twice (at least once, never lost).
-        The first refusal stops the run; the rest stays queued for the next.
-        """
-        with self.transaction():
-            token = self.outbox.claim(max_events, now or utcnow())
-        sent = failed = 0
-        for delivery in self.outbox.deliveries(token):
-            try:
-                client.put_events(
-                    delivery.visitor_id, delivery.session_id, delivery.events
-                )
-            except PersonalizeUnavailable:
-                with self.transaction():
-                    self.outbox.mark_failed(delivery)
-                failed = 1
-                break
-            with self.transaction():
-                self.outbox.mark_sent(delivery, utcnow())
-            sent += len(delivery.ids)
-        with self.transaction():
-            self.outbox.release(token)
-        return {"sent": sent, "pending": self.outbox.pending(), "failed": failed}
+    def outbox_backlog(self) -> tuple[int, int]:
+        """Events waiting for Personalize, and dead letters (refused too often)."""
+        with self.reading():
+            return self.outbox.backlog()
 
     def retention_tasks(self, days: int, now: datetime) -> list[RetentionTask]:
         """What the cleanup deletes, table by table."""

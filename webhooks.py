@@ -3,6 +3,7 @@
 import hmac
 import json
 import logging
+from collections import Counter
 
 from flask import Blueprint, abort, current_app, request
 
@@ -16,7 +17,6 @@ from amplitude import (
     unpack_payload,
 )
 from models import utcnow
-from personalization import telemetry
 from personalization_system import current_system
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,11 @@ def amplitude():
         system.settings.interaction_retention_days,
         skip_reason,
     )
-    recorded = system.record_external(readable, received_at)
-    for error in skipped:
-        telemetry.rejected(SOURCE, skip_reason_name(error["reason"]))
+    recorded = system.record_external(
+        readable,
+        received_at,
+        Counter((SOURCE, skip_reason_name(error["reason"])) for error in skipped),
+    )
     result = summary(
         recorded.processed,
         skipped + recorded.errors,

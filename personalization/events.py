@@ -45,6 +45,8 @@ DEFAULT_INTERACTION_WEIGHTS = {
     "flag_content": -0.75,
 }
 MAX_METADATA_BYTES = 2048
+# The fields of a tracker event; parse_event refuses any other.
+EVENT_FIELDS = frozenset({"interaction_type", "target_type", "target_id", "metadata"})
 
 
 class ItemKey(NamedTuple):
@@ -111,22 +113,33 @@ class ExternalEvent:
     items_listed: int = 0
 
 
+# What can be wrong with a tracker event, in a word (metrics labels, the admin
+# dashboard's data quality page), beside the message the client reads.
+REJECTION_REASONS = ("malformed", "unknown_type", "bad_target", "bad_metadata")
+
+
 class EventError(ValueError):
-    """An event is malformed; the message says what is wrong, for the client."""
+    """An event is malformed; the message says what is wrong, for the client,
+    and `reason` which of REJECTION_REASONS it is."""
+
+    def __init__(self, message: str, reason: str = "bad_metadata"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def parse_event(raw: Any) -> Interaction:
     """Check one tracker event's shape and types; raise EventError saying what is
     wrong. Whether its item exists is checked later, against the catalog."""
     if not isinstance(raw, dict):
-        raise EventError("event must be a JSON object")
-    unknown = set(raw) - {"interaction_type", "target_type", "target_id", "metadata"}
+        raise EventError("event must be a JSON object", "malformed")
+    unknown = set(raw) - EVENT_FIELDS
     if unknown:
-        raise EventError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise EventError(f"unknown field(s): {', '.join(sorted(unknown))}", "malformed")
     interaction_type = raw.get("interaction_type")
     if interaction_type not in INTERACTION_TYPES:
         raise EventError(
-            f"interaction_type must be one of {', '.join(INTERACTION_TYPES)}"
+            f"interaction_type must be one of {', '.join(INTERACTION_TYPES)}",
+            "unknown_type",
         )
     item = parse_target(raw.get("target_type"), raw.get("target_id"))
     metadata = parse_metadata(raw.get("metadata"))
@@ -153,17 +166,23 @@ def parse_event(raw: Any) -> Interaction:
 def parse_target(target_type: Any, target_id: Any) -> ItemKey | None:
     """The item an event names; None for a page."""
     if target_type not in TARGET_TYPES:
-        raise EventError(f"target_type must be one of {', '.join(TARGET_TYPES)}")
+        raise EventError(
+            f"target_type must be one of {', '.join(TARGET_TYPES)}", "bad_target"
+        )
     if isinstance(target_id, float) and target_id.is_integer():
         target_id = int(target_id)  # JSON has one number type: 7.0 is 7
     if target_type == "page":
         if target_id is not None:
-            raise EventError("target_id must be null for target_type page")
+            raise EventError(
+                "target_id must be null for target_type page", "bad_target"
+            )
         return None
     if not isinstance(target_id, int) or isinstance(target_id, bool):
-        raise EventError(f"target_id must be an integer for target_type {target_type}")
+        raise EventError(
+            f"target_id must be an integer for target_type {target_type}", "bad_target"
+        )
     if not 0 < target_id < 2**31:
-        raise EventError("target_id is out of range")
+        raise EventError("target_id is out of range", "bad_target")
     return ItemKey(target_type, target_id)
 
 

@@ -20,7 +20,6 @@ from models import (
 from personalization import telemetry
 from personalization.events import (
     IMPRESSION_TYPES,
-    INTERACTION_TYPES,
     EventError,
     ExternalEvent,
     Interaction,
@@ -28,7 +27,6 @@ from personalization.events import (
     VisitorInteraction,
     encode_metadata,
     parse_event,
-    parse_target,
 )
 from personalization.identity import Identity
 from personalization.items import Items, split_evenly
@@ -41,8 +39,6 @@ from personalization.statistics import Affinity, CoVisitation, Popularity
 TRACKER = "tracker"
 # What became of a webhook event, for metrics: this, or why it was refused.
 ACCEPTED = "accepted"
-# The fields of a tracker event (events.parse_event refuses any other).
-EVENT_FIELDS = frozenset({"interaction_type", "target_type", "target_id", "metadata"})
 
 
 @dataclass
@@ -53,6 +49,8 @@ class ExternalResult:
     duplicates: int = 0
     # {"index": n, "reason": "..."} for each event that names no catalog item.
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # {(source, reason): events} refused here: unknown_item, duplicate.
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Ingest:
@@ -92,17 +90,21 @@ class Ingest:
             try:
                 parsed.append((index, parse_event(raw)))
             except EventError as error:
-                rejected.append({"index": index, "error": str(error)})
-                telemetry.rejected(TRACKER, rejection_reason(raw))
+                rejected.append(
+                    {"index": index, "error": str(error), "reason": error.reason}
+                )
         known = self.items.existing(i.item for _, i in parsed if i.item)
         valid = []
         for index, interaction in parsed:
             item = interaction.item
             if item and item not in known:
                 rejected.append(
-                    {"index": index, "error": f"no {item.kind} with id {item.id}"}
+                    {
+                        "index": index,
+                        "error": f"no {item.kind} with id {item.id}",
+                        "reason": "unknown_item",
+                    }
                 )
-                telemetry.rejected(TRACKER, "unknown_item")
             else:
                 valid.append(interaction)
         rejected.sort(key=lambda r: r["index"])
@@ -205,7 +207,7 @@ class Ingest:
             if outcome == ACCEPTED:
                 telemetry.accepted(source, count)
             else:
-                telemetry.rejected(source, outcome, count)
+                result.refused[source, outcome] += count
         return result
 
     def visitors_of(self, events: list[ExternalEvent]) -> dict[int, str]:
@@ -251,21 +253,6 @@ class Ingest:
             .returning(table.c.key_hash)
         )
         return set(self.session.scalars(statement))
-
-
-def rejection_reason(raw: Any) -> str:
-    """Why parse_event refused an event, as one of a few names (a metrics label,
-    where its message would make a series per wording): malformed, unknown_type,
-    bad_target or bad_metadata."""
-    if not isinstance(raw, dict) or set(raw) - EVENT_FIELDS:
-        return "malformed"
-    if raw.get("interaction_type") not in INTERACTION_TYPES:
-        return "unknown_type"
-    try:
-        parse_target(raw.get("target_type"), raw.get("target_id"))
-    except EventError:
-        return "bad_target"
-    return "bad_metadata"  # the metadata, or a search without its query
 
 
 def log_row(entry: VisitorInteraction, now: datetime) -> dict:

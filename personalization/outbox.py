@@ -5,7 +5,8 @@ marked sent only once AWS accepted them, so an outage loses nothing."""
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +18,8 @@ from personalization.settings import Settings
 from personalize_client import (
     MAX_EVENTS_PER_CALL,
     MAX_IMPRESSION_IDS,
+    PersonalizeClient,
+    PersonalizeUnavailable,
     personalize_event,
 )
 
@@ -134,6 +137,42 @@ class Outbox:
             .where(self.table.c.id.in_(delivery.ids))
             .values(attempts=self.table.c.attempts + 1)
         )
+
+    def deliver(
+        self,
+        client: PersonalizeClient,
+        max_events: int,
+        now: datetime,
+        committed: Callable[[], AbstractContextManager],
+        clock: Callable[[], datetime],
+    ) -> dict[str, int]:
+        """Stream queued interactions to Personalize (PutEvents), oldest first.
+
+        Each step runs in its own `committed()` block (the facade's transaction):
+        an accepted call is marked sent in its own commit, so an outage loses
+        nothing and a later run does not resend it; only a crash between AWS's
+        answer and that commit sends one call twice (at least once, never lost).
+        The first refusal stops the run; the rest stays queued for the next.
+        """
+        with committed():
+            token = self.claim(max_events, now)
+        sent = failed = 0
+        for delivery in self.deliveries(token):
+            try:
+                client.put_events(
+                    delivery.visitor_id, delivery.session_id, delivery.events
+                )
+            except PersonalizeUnavailable:
+                with committed():
+                    self.mark_failed(delivery)
+                failed = 1
+                break
+            with committed():
+                self.mark_sent(delivery, clock())
+            sent += len(delivery.ids)
+        with committed():
+            self.release(token)
+        return {"sent": sent, "pending": self.pending(), "failed": failed}
 
     def release(self, token: str) -> None:
         """Give back what a run claimed but did not send, for the next run."""

@@ -21,8 +21,13 @@ from app import create_app
 from fake_personalize import FakePersonalize
 from helpers import Browser, app_config, catalog_id, fetch, seeded_site
 from models import PersonalizeOutbox, Procedure, db
-from personalization.events import Interaction, ItemKey
-from personalization.ingest import rejection_reason
+from personalization.events import (
+    REJECTION_REASONS,
+    EventError,
+    Interaction,
+    ItemKey,
+    parse_event,
+)
 from webhooks import skip_reason_name
 
 TOKEN = "scrape-token-for-tests"
@@ -266,18 +271,20 @@ def test_each_tracker_rejection_is_counted_under_its_reason(catalog, event, reas
 
 
 def test_rejection_reasons_are_a_short_fixed_list():
-    reasons = {
-        rejection_reason(raw)
-        for raw in (
-            None,
-            [],
-            {"x": 1},
-            {"interaction_type": "x"},
-            {"interaction_type": "view", "target_type": "doctor", "target_id": -1},
-            {"interaction_type": "view", "target_type": "page", "metadata": "m"},
-        )
-    }
-    assert reasons <= {"malformed", "unknown_type", "bad_target", "bad_metadata"}
+    reasons = set()
+    for raw in (
+        None,
+        [],
+        {"x": 1},
+        {"interaction_type": "x"},
+        {"interaction_type": "view", "target_type": "doctor", "target_id": -1},
+        {"interaction_type": "view", "target_type": "page", "metadata": "m"},
+        {"interaction_type": "engaged", "target_type": "page"},
+    ):
+        with pytest.raises(EventError) as refused:
+            parse_event(raw)
+        reasons.add(refused.value.reason)
+    assert reasons == set(REJECTION_REASONS)
 
 
 AMPLITUDE_SECRET = "metrics-test-secret"

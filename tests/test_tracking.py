@@ -197,11 +197,16 @@ def test_batch_keeps_valid_events_and_lists_rejections(catalog, browser):
     body = response.get_json()
     assert body["accepted"] == 3
     assert body["rejected"] == [
-        {"index": 1, "error": "no procedure with id 999999"},
+        {
+            "index": 1,
+            "error": "no procedure with id 999999",
+            "reason": "unknown_item",
+        },
         {
             "index": 4,
             "error": "interaction_type must be one of view, click, search, "
-            "form_submit, not_interested",
+            "form_submit, not_interested, engaged",
+            "reason": "unknown_type",
         },
     ]
     kinds = [r.interaction_type for r in stored_interactions(catalog)]
@@ -499,3 +504,21 @@ def test_engaged_time_is_stored_against_the_page_item(catalog, browser):
     assert response.status_code == 202, response.get_json()
     stored = [row[1:] for row in stored_interactions(catalog) if row[1] == "engaged"]
     assert stored == [("engaged", "procedure", botox)]
+
+
+def test_rejections_are_counted_per_day_and_reason(catalog, browser):
+    from sqlalchemy import select
+
+    from models import RejectedEventCount, db
+
+    browser.track(click("procedure", 999_999), {"interaction_type": "hover"})
+    browser.track(click("procedure", 999_998))
+    with catalog.app_context():
+        counts = db.session.execute(
+            select(
+                RejectedEventCount.source,
+                RejectedEventCount.reason,
+                RejectedEventCount.count,
+            ).order_by(RejectedEventCount.reason)
+        ).all()
+    assert counts == [("tracker", "unknown_item", 2), ("tracker", "unknown_type", 1)]
