@@ -41,12 +41,6 @@ MAX_USERNAME_LENGTH = 80
 # The ?days= windows the pages offer.
 WINDOWS = (7, 30, 90)
 DEFAULT_WINDOW = 30
-# Failed logins allowed before 429: per client address, and per username from
-# anywhere (looser: an attacker must not lock the real admin out by guessing).
-DEFAULT_LOGIN_LIMIT_PER_ADDRESS = "5 per minute;20 per hour"
-DEFAULT_LOGIN_LIMIT_PER_USERNAME = "10 per hour;50 per day"
-# A login lasts this long, however active the admin is.
-DEFAULT_SESSION_HOURS = 12
 # Everyone sees the same message, whether the username exists or not.
 LOGIN_FAILED = "That username and password do not match an admin."
 PAGES = {
@@ -117,7 +111,7 @@ def login_required(view):
     def wrapped(*args, **kwargs):
         admin_id = session.get("admin_id")
         since = session.get("admin_since", 0)
-        hours = current_app.config.get("ADMIN_SESSION_HOURS", DEFAULT_SESSION_HOURS)
+        hours = current_app.config["ADMIN_SESSION_HOURS"]
         expired = datetime.now(UTC).timestamp() - since > hours * 3600
         user = db.session.get(AdminUser, admin_id) if admin_id else None
         if user is None or expired:
@@ -242,16 +236,12 @@ def login():
 
 @admin.post("/login")
 @limiter.limit(
-    lambda: current_app.config.get(
-        "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS", DEFAULT_LOGIN_LIMIT_PER_ADDRESS
-    ),
+    lambda: current_app.config["ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS"],
     key_func=address_rate_key,
     deduct_when=login_failed,
 )
 @limiter.limit(
-    lambda: current_app.config.get(
-        "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME", DEFAULT_LOGIN_LIMIT_PER_USERNAME
-    ),
+    lambda: current_app.config["ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME"],
     key_func=username_rate_key,
     deduct_when=login_failed,
 )

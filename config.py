@@ -135,6 +135,10 @@ def settings_from_environment(instance_path: str) -> dict:
         # A Prometheus server's `Authorization: Bearer` token for /metrics; empty:
         # only a local address or a signed-in admin may read it.
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN", "").strip(),
+        # How long an admin stays signed in to /admin.
+        "ADMIN_SESSION_HOURS": env_number(
+            "ADMIN_SESSION_HOURS", 12, int, minimum=1, maximum=24 * 30
+        ),
         # Log each ranking decision (source, fallback reason, time) at DEBUG.
         "RANKING_DEBUG_LOG": env_bool("RANKING_DEBUG_LOG", False),
     }
@@ -172,6 +176,14 @@ def rate_limit_settings() -> dict:
         # Per address, looser: an office or a carrier's NAT is many people.
         "CONSULTATION_RATE_LIMIT_PER_ADDRESS": os.environ.get(
             "CONSULTATION_RATE_LIMIT_PER_ADDRESS", "30 per hour;100 per day"
+        ),
+        # Failed admin logins: per client address, and per username from anywhere
+        # (guessing from many addresses is slowed too; successes do not count).
+        "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+            "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS", "5 per minute;20 per hour"
+        ),
+        "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME": os.environ.get(
+            "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME", "10 per hour;50 per day"
         ),
         # Many people can share an address (an office, a carrier's NAT).
         "TRACKING_RATE_LIMIT_PER_ADDRESS": os.environ.get(
