@@ -34,7 +34,13 @@ from models import (
     Procedure,
     db,
 )
-from personalization.events import Interaction, ItemKey, is_decimal
+from personalization.events import (
+    LIST_ID,
+    MAX_LIST_POSITION,
+    Interaction,
+    ItemKey,
+    is_decimal,
+)
 from personalization.experiment import CONTROL
 from personalization.impressions import FEEDBACK_INTERACTIONS
 from personalization.recommenders import ALGORITHMS, HYBRID
@@ -71,7 +77,7 @@ CONTENT_TYPE_KINDS = {
     "doctors": "doctor",
 }
 RECOMMENDATION_LIMITS = {"categories": 6, "procedures": 6, "doctors": 6}
-MAX_LIMIT = 50
+MAX_LIMIT = MAX_LIST_POSITION
 ITEM_ENDPOINTS = {
     "categories": "web.category",
     "procedures": "web.procedure",
@@ -90,7 +96,6 @@ FEEDBACK_FIELDS = {
     *("item_type", "item_id", "feedback", "list_id", "position"),
     *("next", "csrf_token"),
 }
-LIST_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def log_page_view(item: ItemKey | None = None) -> None:
@@ -108,16 +113,17 @@ def log_page_view(item: ItemKey | None = None) -> None:
         log.warning("page view not recorded: %s", error.__class__.__name__)
 
 
-def log_impressions(lists: dict) -> None:
+def log_impressions(lists: dict, in_experiment: bool = True) -> None:
     """Record the recommendation lists this request shows a tracked visitor
-    ({list name: Ranking}); a failure never breaks the page."""
+    ({list name: Ranking}), under their experiment arm unless the lists are not
+    the arm's (an API client chose the algorithm); a failure never breaks the
+    page."""
     visitor = current_visitor()
     if not visitor.tracked:
         return  # GPC, DNT, opt-out: shown nothing that is counted
+    arm = experiment_arm() if in_experiment else None
     try:
-        current_system().record_impressions(
-            visitor.id, request_id(), lists, experiment_arm()
-        )
+        current_system().record_impressions(visitor.id, request_id(), lists, arm)
     except SQLAlchemyError as error:
         log.warning("impressions not recorded: %s", error.__class__.__name__)
 
@@ -535,9 +541,9 @@ def feedback_event(payload: dict) -> tuple[dict, str | None]:
         if isinstance(position, float) and position.is_integer():
             position = int(position)  # JSON's 2.0 is the integer 2
         if not isinstance(position, int) or isinstance(position, bool):
-            return {}, f"position must be a whole number from 1 to {MAX_LIMIT}"
-        if not 1 <= position <= MAX_LIMIT:
-            return {}, f"position must be a whole number from 1 to {MAX_LIMIT}"
+            return {}, f"position must be a whole number from 1 to {MAX_LIST_POSITION}"
+        if not 1 <= position <= MAX_LIST_POSITION:
+            return {}, f"position must be a whole number from 1 to {MAX_LIST_POSITION}"
         metadata["position"] = position
     return {
         "interaction_type": FEEDBACK_INTERACTIONS[feedback],
@@ -584,8 +590,8 @@ def recommendations(content_type: str):
     if error:
         return {"error": error}, 400
     # The visitor's arm decides, unless the client asks for an algorithm.
-    algorithm = request.args.get("algorithm")
-    if algorithm is None:
+    algorithm = asked = request.args.get("algorithm")
+    if asked is None:
         algorithm = "popular" if experiment_arm() == CONTROL else HYBRID
     if algorithm not in ALGORITHMS:
         return {"error": "algorithm must be one of " + ", ".join(ALGORITHMS)}, 400
@@ -621,7 +627,10 @@ def recommendations(content_type: str):
             for entry in ranking
         ],
     }
-    log_impressions({f"api:{content_type}" + (":similar" if slug else ""): ranking})
+    log_impressions(
+        {f"api:{content_type}" + (":similar" if slug else ""): ranking},
+        in_experiment=asked is None,
+    )
     return answer
 
 

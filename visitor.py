@@ -163,9 +163,11 @@ def remember_tracking_choice(response, allowed: bool):
 
 
 def forget_visitor_cookie(response):
-    """Drop the visitor cookie and the tracking session after an erasure."""
+    """Drop the visitor cookie and the tracking session (with the experiment arm
+    it keeps, which names the visitor) after an erasure."""
     response.delete_cookie(VISITOR_COOKIE, samesite="Lax")
     session.pop("sid", None)
+    session.pop("arm", None)
     return response
 
 

@@ -242,6 +242,9 @@ def run(kind: str, seconds: int) -> dict:
             "SECRET_KEY": SECRET,
             "TRACKING_RATE_LIMIT": "100000000 per minute",
             "TRACKING_RATE_LIMIT_PER_ADDRESS": "100000000 per minute",
+            # The visitor sees personal lists (not the A/B holdout's popular ones);
+            # wrk sends no session cookie, so every page also looks up their arm.
+            "EXPERIMENT_CONTROL_SHARE": "0",
         }
         for label, enabled in (("personalized", "true"), ("plain", "false")):
             server = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": enabled})

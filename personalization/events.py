@@ -2,6 +2,7 @@
 the Interaction value every source (tracker, page views, webhooks) is turned into."""
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -45,6 +46,10 @@ DEFAULT_INTERACTION_WEIGHTS = {
     "flag_content": -0.75,
 }
 MAX_METADATA_BYTES = 2048
+# A recommendation list's id, as pages and the API give it (impressions.py).
+LIST_ID = re.compile(r"[0-9a-f]{16}")
+# The longest list a page or the API shows: a card's position is at most this.
+MAX_LIST_POSITION = 50
 # The fields of a tracker event; parse_event refuses any other.
 EVENT_FIELDS = frozenset({"interaction_type", "target_type", "target_id", "metadata"})
 
@@ -149,6 +154,7 @@ def parse_event(raw: Any) -> Interaction:
             raise EventError("a search event needs metadata.query, a non-empty string")
         if not is_storable_text(query):  # it is searched for in the database
             raise EventError("metadata.query must not contain NUL characters")
+    check_card((metadata or {}).get("list_id"), (metadata or {}).get("position"))
     if interaction_type == "engaged":
         seconds = (metadata or {}).get("seconds")
         if (
@@ -161,6 +167,24 @@ def parse_event(raw: Any) -> Interaction:
                 f"to {MAX_ENGAGED_SECONDS}"
             )
     return Interaction(interaction_type, item, metadata or None)
+
+
+def check_card(list_id: Any, position: Any) -> None:
+    """A recommended card's list id and position, when an event names them:
+    exactly as pages give them, or the event is refused (reports attribute
+    clicks by them; nothing else may pass for one)."""
+    if list_id is not None and (
+        not isinstance(list_id, str) or not LIST_ID.fullmatch(list_id)
+    ):
+        raise EventError("metadata.list_id must be the list_id a page or the API gave")
+    if position is not None and (
+        not isinstance(position, int)
+        or isinstance(position, bool)
+        or not 1 <= position <= MAX_LIST_POSITION
+    ):
+        raise EventError(
+            f"metadata.position must be a whole number from 1 to {MAX_LIST_POSITION}"
+        )
 
 
 def parse_target(target_type: Any, target_id: Any) -> ItemKey | None:

@@ -9,11 +9,9 @@ and consultation requests, each with a 95% interval, the lift with a bootstrap
 interval over visitors, and a sample-ratio-mismatch check."""
 
 import hashlib
-import json
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import delete, func, select
 
@@ -21,7 +19,6 @@ from models import (
     ConsultationRequest,
     ExperimentAssignment,
     RecommendationImpression,
-    UserInteraction,
     dialect_insert,
 )
 from personalization.intervals import (
@@ -31,6 +28,7 @@ from personalization.intervals import (
     sample_ratio_check,
     wilson_interval,
 )
+from personalization.reporting import Window, recommended_clicks
 from personalization.settings import Settings
 
 PERSONALIZED = "personalized"
@@ -40,8 +38,6 @@ ARMS = (PERSONALIZED, CONTROL)
 EXPERIMENT = "personalization-holdout"
 PERCENT = "{:.2%}"
 LIFT = "{:+.1%}"
-# Click ids read per query when attributing clicks to the lists they came from.
-LIST_IDS_PER_QUERY = 500
 
 
 def bucket(visitor_id: str, experiment: str = EXPERIMENT) -> float:
@@ -171,8 +167,9 @@ class Experiment:
     # The report
 
     def report(self, days: int = 30, seed: int = 0) -> ExperimentReport:
-        """Compare the arms over visitors assigned in the last `days` days."""
-        since = self.clock() - timedelta(days=days)
+        """Compare the arms over visitors assigned in the last `days` whole UTC
+        days, today included (the dashboard's window)."""
+        since = Window.ending(self.clock(), days).since
         outcomes = self.outcomes(since)
         by_arm: dict[str, list[VisitorOutcome]] = {arm: [] for arm in ARMS}
         for outcome in outcomes.values():
@@ -231,9 +228,9 @@ class Experiment:
         for visitor, count in shown:
             if visitor in outcomes:
                 outcomes[visitor].shown = int(count or 0)
-        for visitor, count in self.clicks_per_visitor(since).items():
-            if visitor in outcomes:
-                outcomes[visitor].clicked = count
+        for click in recommended_clicks(self.session, since):
+            if click.user_id in outcomes:
+                outcomes[click.user_id].clicked += 1
         requests = self.session.execute(
             select(ConsultationRequest.user_id, func.count())
             .where(
@@ -246,45 +243,6 @@ class Experiment:
             if visitor in outcomes:
                 outcomes[visitor].consultations = count
         return outcomes
-
-    def clicks_per_visitor(self, since: datetime) -> dict[str, int]:
-        """Distinct recommended cards each visitor clicked: clicks whose list id
-        names a list that visitor was shown (a forged id counts for nobody)."""
-        clicks = self.session.execute(
-            select(UserInteraction.user_id, UserInteraction.extra_data).where(
-                UserInteraction.interaction_type == "click",
-                UserInteraction.timestamp >= since,
-                UserInteraction.extra_data.like('%"list_id"%'),
-            )
-        )
-        cards: set[tuple[str, str, object]] = set()
-        for visitor, extra in clicks:
-            metadata = json.loads(extra)
-            cards.add((visitor, metadata.get("list_id"), metadata.get("position")))
-        owners = self.list_owners({list_id for _, list_id, _ in cards})
-        counts: dict[str, int] = defaultdict(int)
-        for visitor, list_id, _ in cards:
-            if owners.get(list_id) == visitor:
-                counts[visitor] += 1
-        return counts
-
-    def list_owners(self, list_ids: set) -> dict[str, str]:
-        """Who each of these impression lists was shown to."""
-        wanted = sorted(i for i in list_ids if isinstance(i, str))
-        owners = {}
-        for start in range(0, len(wanted), LIST_IDS_PER_QUERY):
-            owners.update(
-                self.session.execute(
-                    select(
-                        RecommendationImpression.id, RecommendationImpression.user_id
-                    ).where(
-                        RecommendationImpression.id.in_(
-                            wanted[start : start + LIST_IDS_PER_QUERY]
-                        )
-                    )
-                ).all()
-            )
-        return owners
 
     def lists_per_arm(self, since: datetime) -> dict[str, int]:
         return dict(

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, insert, select
 
 from models import RecommendationImpression, UserInteraction, as_utc
+from personalization.reporting import recommended_clicks
 
 # What a visitor's feedback on a recommendation records.
 FEEDBACK_INTERACTIONS = {"clicked": "click", "dismissed": "not_interested"}
@@ -82,23 +83,16 @@ class Impressions:
                 func.coalesce(func.sum(RecommendationImpression.item_count), 0)
             ).where(RecommendationImpression.user_id == visitor_id)
         )
-        log = UserInteraction
-        counts = dict(
-            self.session.execute(
-                select(log.interaction_type, func.count())
-                .where(
-                    log.user_id == visitor_id,
-                    log.interaction_type.in_(FEEDBACK_INTERACTIONS.values()),
-                    (log.interaction_type != "click")
-                    | log.extra_data.like('%"list_id"%'),
-                )
-                .group_by(log.interaction_type)
-            ).all()
+        dismissed = self.session.scalar(
+            select(func.count()).where(
+                UserInteraction.user_id == visitor_id,
+                UserInteraction.interaction_type == "not_interested",
+            )
         )
-        clicked = counts.get("click", 0)
+        clicked = len(recommended_clicks(self.session, visitor_id=visitor_id))
         return {
             "shown": shown,
             "clicked": clicked,
-            "dismissed": counts.get("not_interested", 0),
+            "dismissed": dismissed,
             "click_through_rate": round(clicked / shown, 4) if shown else None,
         }

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import String, select
+from sqlalchemy import String, select, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -123,11 +123,15 @@ def rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def recommended_clicks(session, since: datetime) -> list[Click]:
+def recommended_clicks(
+    session, since: datetime | None = None, visitor_id: str | None = None
+) -> list[Click]:
     """Clicks since `since` on cards of lists shown since then, each card once
     (the first click): only clicks whose list exists, was shown to the same
-    visitor, and has an item at the position named."""
-    rows = session.execute(
+    visitor, and has an item at the position named. The one rule of
+    attribution: the experiment, the dashboard and a visitor's own stats
+    (`visitor_id`: theirs only) all count with it."""
+    query = (
         select(
             UserInteraction.user_id,
             UserInteraction.session_id,
@@ -136,11 +140,15 @@ def recommended_clicks(session, since: datetime) -> list[Click]:
         )
         .where(
             UserInteraction.interaction_type == "click",
-            UserInteraction.timestamp >= since,
             UserInteraction.extra_data.like('%"list_id"%'),
         )
         .order_by(UserInteraction.timestamp, UserInteraction.id)
     )
+    if since is not None:
+        query = query.where(UserInteraction.timestamp >= since)
+    if visitor_id is not None:
+        query = query.where(UserInteraction.user_id == visitor_id)
+    rows = session.execute(query)
     found = []
     for user_id, session_id, at, extra in rows:
         try:
@@ -177,8 +185,9 @@ def recommended_clicks(session, since: datetime) -> list[Click]:
     return clicks
 
 
-def shown_lists(session, list_ids: Iterable[str], since: datetime) -> dict:
-    """Lists shown since `since`, by id: (owner, name, kind, items, arm)."""
+def shown_lists(session, list_ids: Iterable[str], since: datetime | None) -> dict:
+    """Lists shown since `since` (None: ever), by id: (owner, name, kind, items,
+    arm)."""
     wanted = sorted(list_ids)
     lists = {}
     for start in range(0, len(wanted), LIST_IDS_PER_QUERY):
@@ -193,7 +202,7 @@ def shown_lists(session, list_ids: Iterable[str], since: datetime) -> dict:
                 impression.arm,
             ).where(
                 impression.id.in_(wanted[start : start + LIST_IDS_PER_QUERY]),
-                impression.shown_at >= since,
+                impression.shown_at >= since if since else true(),
             )
         )
         for list_id, owner, name, kind, items, arm in rows:

@@ -178,9 +178,10 @@ def test_the_api_follows_the_arm_unless_an_algorithm_is_asked_for(
         "/personalization/recommendations/procedures?algorithm=hybrid"
     ).get_json()
     assert asked["source"] != "popular"
-    assert {r.arm for r in impressions(app) if r.list_name.startswith("api:")} == {
-        CONTROL
-    }
+    # The one the arm chose counts for it; the one the client chose, for none.
+    assert sorted(
+        str(r.arm) for r in impressions(app) if r.list_name.startswith("api:")
+    ) == ["None", CONTROL]
 
 
 def test_visitors_who_are_not_tracked_are_never_assigned(database_url, catalog):
@@ -199,9 +200,33 @@ def test_download_shows_the_arm_and_forget_removes_it(database_url, catalog):
     browser = browser_in(app, PERSONALIZED)
     data = json.loads(browser.get("/privacy/download").get_data())
     assert [row["arm"] for row in data["experiment_arms"]] == [PERSONALIZED]
+    cookie = browser.cookie("antidote_visitor")
     browser.post("/personalization/forget")
-    with app.app_context():
-        assert db.session.scalar(select(func.count(ExperimentAssignment.user_id))) == 0
+    browser.client.set_cookie("antidote_visitor", cookie)  # to ask about it again
+    assert stored_arm(app, browser) is None
+    with browser.client.session_transaction() as session:
+        assert "arm" not in session  # it named the erased visitor
+
+
+def test_lists_an_api_client_chose_the_algorithm_of_count_for_no_arm(
+    database_url, catalog
+):
+    app = holdout_app(database_url)
+    browser = browser_in(app, PERSONALIZED)
+    browser.get("/personalization/recommendations/procedures?algorithm=popular")
+    browser.get("/personalization/recommendations/doctors")
+    arms = {r.list_name: r.arm for r in impressions(app)}
+    assert arms == {"api:procedures": None, "api:doctors": PERSONALIZED}
+
+
+def test_a_malformed_card_reference_is_refused_at_the_door(catalog, browser):
+    for metadata in ({"list_id": ["x"]}, {"list_id": "zz"}, {"position": 0}):
+        event = {
+            "interaction_type": "click",
+            "target_type": "page",
+            "metadata": {"list_id": "0123456789abcdef", "position": 1, **metadata},
+        }
+        assert browser.track(event).status_code == 400, metadata
 
 
 # The report
@@ -258,8 +283,10 @@ def seed_experiment(app, days_ago=2):
                             created_at=then,
                         )
                     )
-        # A click naming someone else's list counts for nobody.
+        # A click naming someone else's list counts for nobody, nor one naming a
+        # position past the end of its list.
         db.session.add(click("pers3".ljust(32, "0"), "cont0".ljust(16, "a"), 1, then))
+        db.session.add(click("pers3".ljust(32, "0"), "pers3".ljust(16, "a"), 39, then))
         db.session.commit()
 
 
