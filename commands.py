@@ -38,6 +38,9 @@ def seed_demo_command(if_empty: bool, no_traffic: bool) -> None:
     """Fill the database with the demo catalog (adds only what is missing) and,
     while no visitor has been recorded, a month of simulated demo traffic."""
     try:
+        # Simulated visitors (and their made-up consultation requests) only ever
+        # go into a database whose catalog this run creates: never a real site's.
+        new_database = catalog_is_empty() and not has_interactions(db.session)
         if if_empty and not catalog_is_empty():
             click.echo("Catalog already has data; not seeding the catalog.")
         else:
@@ -57,11 +60,14 @@ def seed_demo_command(if_empty: bool, no_traffic: bool) -> None:
         ) from error
     if no_traffic:
         return
+    if not new_database:
+        click.echo(
+            "The database had a catalog or visitors before this run; no demo traffic "
+            "added (it only goes into a new demo database)."
+        )
+        return
     started = time.monotonic()
     try:
-        if has_interactions(db.session):
-            click.echo("Visitor interactions already recorded; no demo traffic added.")
-            return
         seeded = seed_demo_traffic(current_system())
     except SQLAlchemyError as error:
         raise click.ClickException(
