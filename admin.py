@@ -29,6 +29,7 @@ import charts
 from extensions import limiter
 from forms import LoginForm
 from models import AdminUser, db, utcnow
+from personalization.identity import network_of
 from personalization_system import current_system
 from visitor import address_rate_key
 
@@ -83,10 +84,14 @@ def find_admin(username: str) -> AdminUser | None:
 
 
 def username_rate_key() -> str:
-    """Rate-limit key of the username a login names (keyed hash, never the name)."""
+    """Rate-limit key of the username a login names, from the client's network
+    (/24, or /48 for IPv6): guessing one name from many addresses of a network
+    is held, while the admin, signing in from elsewhere, is never locked out by
+    someone else's guesses. A keyed hash: never the name or the address."""
     name = request.form.get("username", "").strip().lower()
+    key = f"{name}|{network_of(request.remote_addr)}"
     secret = current_app.config["FINGERPRINT_SECRET"].encode()
-    digest = hmac.new(secret, name.encode(), hashlib.sha256).hexdigest()[:32]
+    digest = hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:32]
     return "admin-login:" + digest
 
 
@@ -104,18 +109,28 @@ def safe_next(target: str | None) -> str:
     return url_for("admin.overview")
 
 
+def signed_in_admin() -> AdminUser | None:
+    """The admin this session belongs to, while their login lasts and their row
+    exists (deleting it ends their sessions); else None, and the session forgets
+    them. /metrics asks the same."""
+    admin_id = session.get("admin_id")
+    since = session.get("admin_since", 0)
+    hours = current_app.config["ADMIN_SESSION_HOURS"]
+    expired = datetime.now(UTC).timestamp() - since > hours * 3600
+    user = db.session.get(AdminUser, admin_id) if admin_id else None
+    if user is None or expired:
+        session.pop("admin_id", None)
+        return None
+    return user
+
+
 def login_required(view):
     """Send anyone who is not a signed-in admin to the login page."""
 
     @wraps(view)
     def wrapped(*args, **kwargs):
-        admin_id = session.get("admin_id")
-        since = session.get("admin_since", 0)
-        hours = current_app.config["ADMIN_SESSION_HOURS"]
-        expired = datetime.now(UTC).timestamp() - since > hours * 3600
-        user = db.session.get(AdminUser, admin_id) if admin_id else None
-        if user is None or expired:
-            session.pop("admin_id", None)
+        user = signed_in_admin()
+        if user is None:
             return redirect(url_for("admin.login", next=request.full_path))
         g.admin = user
         return view(*args, **kwargs)

@@ -21,14 +21,19 @@ project folder by itself (tests and benchmarks that start gunicorn get it too).
 GUNICORN_CMD_ARGS adds or overrides settings, e.g. "--access-logfile /var/log/x".
 """
 
-import ipaddress
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from gunicorn.glogging import Logger
+
+# This file is read before gunicorn changes to the project folder (--chdir):
+# the project's modules must be importable from wherever it was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from personalization.identity import network_of  # noqa: E402
 
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
@@ -38,16 +43,6 @@ timeout = 30
 accesslog = "-"
 # Network, time, method, path without its query, status, bytes, milliseconds.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
-
-
-def network_of(address: str) -> str:
-    """An address cut to its network: 203.0.113.7 -> 203.0.113.0."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return "-"
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
 class PrivateAccessLogger(Logger):

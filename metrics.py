@@ -23,7 +23,6 @@ from flask import (
     request,
     request_finished,
     request_started,
-    session,
 )
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -31,6 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.exc import SQLAlchemyError
 
+from admin import signed_in_admin
 from personalization import telemetry
 from personalization_system import current_system
 
@@ -99,7 +99,7 @@ def scrape():
 
 def may_read_metrics() -> bool:
     """A valid bearer token, a signed-in admin, or a client on this machine."""
-    return has_metrics_token() or bool(session.get("admin_id")) or from_this_machine()
+    return has_metrics_token() or from_this_machine() or signed_in_admin() is not None
 
 
 def has_metrics_token() -> bool:

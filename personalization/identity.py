@@ -4,6 +4,7 @@ for client addresses, and the signed alias pages hand to Amplitude."""
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 
@@ -15,6 +16,17 @@ ALIAS_SIGNATURE_LENGTH = 32
 ALIAS = re.compile(
     rf"([0-9a-f]{{{VISITOR_ID_LENGTH}}})-([0-9a-f]{{{ALIAS_SIGNATURE_LENGTH}}})"
 )
+
+
+def network_of(address: str | None) -> str:
+    """An address cut to its network (/24, or /48 for IPv6): 203.0.113.7 ->
+    203.0.113.0. What access logs keep, and what admin login limits count by."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "-"
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
 def new_visitor_id() -> str:

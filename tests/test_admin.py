@@ -240,11 +240,14 @@ def test_failed_logins_are_rate_limited_per_username(app, database_url):
         app_config(database_url, ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME="3 per hour")
     )
     assert create_admin(app.test_cli_runner()).exit_code == 0
-    for n in range(3):
-        assert AdminBrowser(app).login(password=f"guess {n} abcdef").status_code == 200
-    assert AdminBrowser(app).login(password="guess again!!").status_code == 429
-    # Another username is not held by it.
-    assert AdminBrowser(app).login(username="grace").status_code == 200
+    network = f"198.51.{secrets.randbelow(250)}"
+    for n in range(3):  # three addresses of one network, one guess each
+        guesser = AdminBrowser(app, f"{network}.{n + 1}")
+        assert guesser.login(password=f"guess {n} abcdef").status_code == 200
+    assert AdminBrowser(app, f"{network}.9").login().status_code == 429
+    # Another username is not held by it, nor the admin from another network.
+    assert AdminBrowser(app, f"{network}.10").login(username="grace").status_code == 200
+    assert AdminBrowser(app, "192.0.2.1").login().status_code == 302
 
 
 def test_successful_logins_do_not_count(admin_app):

@@ -112,10 +112,29 @@ def test_without_a_configured_token_no_token_opens_it(client):
     assert response.status_code == 404
 
 
-def test_a_signed_in_admin_may_read_it(client):
+def sign_in_as(client, admin_id, since: float) -> None:
     with client.session_transaction() as session:
-        session["admin_id"] = 1
+        session["admin_id"] = admin_id
+        session["admin_since"] = since
+
+
+def test_a_signed_in_admin_may_read_it(app, client):
+    from werkzeug.security import generate_password_hash
+
+    from models import AdminUser, db
+
+    with app.app_context():
+        admin = AdminUser(username="ops", password_hash=generate_password_hash("x"))
+        db.session.add(admin)
+        db.session.commit()
+        admin_id = admin.id
+    sign_in_as(client, admin_id, time.time())
     assert client.get("/metrics", environ_base=REMOTE).status_code == 200
+    # An expired login, or one whose admin was deleted, opens nothing.
+    sign_in_as(client, admin_id, time.time() - 13 * 3600)
+    assert client.get("/metrics", environ_base=REMOTE).status_code == 404
+    sign_in_as(client, admin_id + 1, time.time())
+    assert client.get("/metrics", environ_base=REMOTE).status_code == 404
 
 
 def test_a_request_relayed_by_an_untrusted_local_proxy_is_not_local(client):
