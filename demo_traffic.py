@@ -286,6 +286,7 @@ class Simulation:
                 "experiment": EXPERIMENT,
                 "user_id": visitor.id,
                 "arm": visitor.arm,
+                "control_share": self.control_share,
                 "assigned_at": start,
             }
         )

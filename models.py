@@ -527,6 +527,9 @@ class ExperimentAssignment(db.Model):
     user_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
     # "personalized" or "control" (see personalization/experiment.py).
     arm: Mapped[str] = mapped_column(String(20))
+    # EXPERIMENT_CONTROL_SHARE when the visitor was assigned: the sample-ratio
+    # check expects what each visitor's own odds were (None: the current share).
+    control_share: Mapped[float | None] = mapped_column(Float)
     assigned_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
     )

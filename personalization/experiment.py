@@ -58,6 +58,8 @@ class VisitorOutcome:
     """What one assigned visitor saw and did during the experiment."""
 
     arm: str
+    # The control share when they were assigned: their odds of being held out.
+    control_share: float
     shown: int = 0
     clicked: int = 0
     consultations: int = 0
@@ -131,7 +133,8 @@ class Experiment:
         )
         if stored:
             return stored
-        arm = arm_for(visitor_id, self.settings.experiment_control_share)
+        share = self.settings.experiment_control_share
+        arm = arm_for(visitor_id, share)
         # Two first requests at once compute the same arm: either insert is fine.
         self.session.execute(
             dialect_insert(self.session, ExperimentAssignment)
@@ -139,6 +142,7 @@ class Experiment:
                 experiment=EXPERIMENT,
                 user_id=visitor_id,
                 arm=arm,
+                control_share=share,
                 assigned_at=self.clock(),
             )
             .on_conflict_do_nothing()
@@ -179,11 +183,15 @@ class Experiment:
             arm: arm_report(arm, visitors, lists.get(arm, 0))
             for arm, visitors in by_arm.items()
         }
-        share = self.settings.experiment_control_share
+        # Expected: each visitor's own odds when assigned, so a share changed
+        # mid-window is not mistaken for a broken split.
+        odds = [v.control_share for v in outcomes.values()]
+        expected = sum(odds) / len(odds) if odds else 0.0
         ratio = sample_ratio_check(
             {arm: len(visitors) for arm, visitors in by_arm.items()},
-            {CONTROL: share, PERSONALIZED: 1 - share},
+            {CONTROL: expected, PERSONALIZED: 1 - expected},
         )
+        share = self.settings.experiment_control_share
         treated, held_out = by_arm[PERSONALIZED], by_arm[CONTROL]
         return ExperimentReport(
             EXPERIMENT,
@@ -211,12 +219,20 @@ class Experiment:
         """Per assigned visitor: items shown, recommended cards clicked and
         consultation requests since `since`."""
         assigned = self.session.execute(
-            select(ExperimentAssignment.user_id, ExperimentAssignment.arm).where(
+            select(
+                ExperimentAssignment.user_id,
+                ExperimentAssignment.arm,
+                ExperimentAssignment.control_share,
+            ).where(
                 ExperimentAssignment.experiment == EXPERIMENT,
                 ExperimentAssignment.assigned_at >= since,
             )
         )
-        outcomes = {visitor: VisitorOutcome(arm) for visitor, arm in assigned}
+        current = self.settings.experiment_control_share
+        outcomes = {
+            visitor: VisitorOutcome(arm, current if share is None else share)
+            for visitor, arm, share in assigned
+        }
         shown = self.session.execute(
             select(
                 RecommendationImpression.user_id,

@@ -123,6 +123,8 @@ def sample_ratio_check(
         expected = total * share
         if expected > 0:
             chi_square += (observed.get(arm, 0) - expected) ** 2 / expected
+        elif observed.get(arm, 0):
+            return SampleRatio(math.inf, 0.0, True)  # visitors where none can be
     degrees = max(1, sum(1 for share in shares.values() if share > 0) - 1)
     p_value = chi_square_survival(chi_square, degrees)
     return SampleRatio(chi_square, p_value, p_value < SRM_ALARM_P)

@@ -60,6 +60,9 @@ def test_sample_ratio_mismatch_is_flagged_only_when_the_split_is_off():
     assert off.p_value == pytest.approx(math.erfc(math.sqrt(27.7778 / 2)), rel=1e-3)
     assert off.mismatch
     assert not sample_ratio_check({CONTROL: 110, PERSONALIZED: 890}, shares).mismatch
+    # Visitors in an arm that should hold none: the split is broken.
+    empty = sample_ratio_check({CONTROL: 3, PERSONALIZED: 90}, {CONTROL: 0.0})
+    assert empty.mismatch and empty.p_value == 0
 
 
 def test_bootstrap_lift_is_seeded_and_centred_on_the_point_estimate():
@@ -331,3 +334,24 @@ def test_the_experiment_report_counts_visitors_clicks_and_requests(
         args=["personalization", "experiment", "--days", "1"]
     )
     assert "No visitor was assigned" in old.output
+
+
+def test_the_split_is_judged_by_the_share_each_visitor_was_assigned_under(
+    database_url, catalog
+):
+    app = holdout_app(database_url, share=0.5)
+    seed_experiment(app)  # 4 and 4: as a 50% share expects
+    with app.app_context():
+        db.session.execute(
+            ExperimentAssignment.__table__.update().values(control_share=0.5)
+        )
+        db.session.commit()
+    # The share is now 10%: the visitors assigned under 50% still match theirs.
+    later = create_app(app_config(database_url, EXPERIMENT_CONTROL_SHARE=0.1))
+    result = later.test_cli_runner().invoke(
+        args=["personalization", "experiment", "--json"]
+    )
+    report = json.loads(result.output)
+    assert report["sample_ratio"]["chi_square"] == 0
+    assert report["sample_ratio"]["mismatch"] is False
+    assert report["control_share"] == 0.1

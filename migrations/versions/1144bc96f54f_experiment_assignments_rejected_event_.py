@@ -33,6 +33,7 @@ def upgrade():
     sa.Column('experiment', sa.String(length=50), nullable=False),
     sa.Column('user_id', sa.String(length=32), nullable=False),
     sa.Column('arm', sa.String(length=20), nullable=False),
+    sa.Column('control_share', sa.Float(), nullable=True),
     sa.Column('assigned_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.PrimaryKeyConstraint('experiment', 'user_id', name=op.f('pk_experiment_assignments'))
     )
