@@ -23,7 +23,7 @@ from models import (
 )
 from personalization.intervals import (
     Estimate,
-    bootstrap_lift,
+    lift_interval,
     mean_interval,
     sample_ratio_check,
     wilson_interval,
@@ -198,12 +198,12 @@ class Experiment:
             since,
             share,
             arms,
-            bootstrap_lift(
+            lift_interval(
                 [(v.clicked, v.shown) for v in treated],
                 [(v.clicked, v.shown) for v in held_out],
                 seed=seed,
             ),
-            bootstrap_lift(
+            lift_interval(
                 [(v.consultations, 1) for v in treated],
                 [(v.consultations, 1) for v in held_out],
                 seed=seed,

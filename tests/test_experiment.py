@@ -4,6 +4,7 @@ report's interval maths on numbers worked out by hand."""
 
 import json
 import math
+import random
 from datetime import timedelta
 
 import pytest
@@ -21,7 +22,10 @@ from models import (
 )
 from personalization.experiment import CONTROL, PERSONALIZED, arm_for, bucket
 from personalization.intervals import (
+    BOOTSTRAP_MAX_VISITORS,
     bootstrap_lift,
+    delta_lift,
+    lift_interval,
     mean_interval,
     sample_ratio_check,
     wilson_interval,
@@ -80,6 +84,33 @@ def test_bootstrap_lift_is_seeded_and_centred_on_the_point_estimate():
     assert first.low < first.value < first.high
     assert first.value == pytest.approx((60 / 600) / (30 / 600) - 1)
     assert bootstrap_lift(treated, [(0, 10)] * 5).value is None  # no baseline
+
+
+def synthetic_arm(rng, visitors: int, rate: float) -> list[tuple[int, int]]:
+    """(clicks, items shown) per visitor; visitors differ in how much they click."""
+    units = []
+    for _ in range(visitors):
+        shown = rng.randint(5, 40)
+        leaning = rng.random() * 2 * rate
+        units.append((sum(rng.random() < leaning for _ in range(shown)), shown))
+    return units
+
+
+def test_the_delta_method_agrees_with_the_bootstrap_on_a_large_sample():
+    rng = random.Random(7)
+    treated, control = synthetic_arm(rng, 3000, 0.07), synthetic_arm(rng, 3000, 0.05)
+    boot = bootstrap_lift(treated, control, resamples=1000)
+    delta = delta_lift(treated, control)
+    assert delta.value == pytest.approx(boot.value)
+    assert delta.low == pytest.approx(boot.low, abs=0.01)
+    assert delta.high == pytest.approx(boot.high, abs=0.01)
+    # Past BOOTSTRAP_MAX_VISITORS a report takes the delta method (milliseconds).
+    many = treated * 2
+    assert len(many) > BOOTSTRAP_MAX_VISITORS
+    assert lift_interval(many, control) == delta_lift(many, control)
+    assert lift_interval(treated[:50], control[:50]) == bootstrap_lift(
+        treated[:50], control[:50]
+    )
 
 
 # Assignment
