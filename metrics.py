@@ -149,17 +149,17 @@ class BacklogCollector:
 
     def collect(self):
         try:
-            pending, dead_letters = current_system().outbox_backlog()
+            backlog = current_system().outbox_backlog()
         except SQLAlchemyError as error:  # the scrape still answers, without these
             log.warning("outbox backlog not read: %s", error.__class__.__name__)
             return
         yield GaugeMetricFamily(
             "antidote_outbox_pending_events",
             "Events queued for AWS Personalize, not yet delivered.",
-            value=pending,
+            value=backlog.pending,
         )
         yield GaugeMetricFamily(
             "antidote_outbox_dead_letters",
             "Queued events Personalize refused too often to try again.",
-            value=dead_letters,
+            value=backlog.dead_letters,
         )

@@ -38,7 +38,7 @@ from personalization.identity import Identity
 from personalization.impressions import Impressions
 from personalization.ingest import TRACKER, ExternalResult, Ingest, log_row
 from personalization.items import Items
-from personalization.outbox import Outbox
+from personalization.outbox import Backlog, Outbox
 from personalization.preferences import Preferences
 from personalization.privacy import Privacy
 from personalization.profiles import Profiles
@@ -260,10 +260,8 @@ class PersonalizationSystem:
     def dashboard_page(self, name: str, days: int) -> dict:
         """One admin dashboard page's figures (personalization/dashboard.py
         PAGES) over the last `days` days."""
-        try:
+        with self.reading():
             return self.dashboard.page(name, days, self.regional_match_rates)
-        finally:
-            self.session.rollback()
 
     def recommendation_stats(self, visitor_id: str) -> dict:
         """What a visitor was recommended, clicked and dismissed."""
@@ -349,7 +347,7 @@ class PersonalizationSystem:
             client, max_events, now or utcnow(), self.transaction, utcnow
         )
 
-    def outbox_backlog(self) -> tuple[int, int]:
+    def outbox_backlog(self) -> Backlog:
         """Events waiting for Personalize, and dead letters (refused too often)."""
         with self.reading():
             return self.outbox.backlog()

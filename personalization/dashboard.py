@@ -16,7 +16,6 @@ from models import (
     Doctor,
     ExperimentAssignment,
     Package,
-    PersonalizeOutbox,
     Procedure,
     RecommendationImpression,
     RejectedEventCount,
@@ -27,13 +26,14 @@ from models import (
 from personalization.experiment import EXPERIMENT, Experiment
 from personalization.intervals import wilson_interval
 from personalization.journeys import Journeys
-from personalization.outbox import MAX_ATTEMPTS
+from personalization.outbox import MAX_ATTEMPTS, Outbox
 from personalization.recommenders import ENGINE, FALLBACK, PERSONALIZE
 from personalization.regions import CityRates
 from personalization.reporting import (
     NO_ARM,
     Window,
     day_of,
+    first_seen,
     rate,
     recommended_clicks,
 )
@@ -111,12 +111,8 @@ class Dashboard:
         if other:
             series.append(("other", window.series(other)))
 
-        first = (
-            select(log.user_id, func.min(log.timestamp).label("first_at"))
-            .group_by(log.user_id)
-            .subquery()
-        )
-        returning = case((day_of(first.c.first_at) < day, log.user_id))
+        first = first_seen(window.since)
+        returning = case((day_of(first.c.at) < day, log.user_id))
         visitors, returners = {}, {}
         for when, n, back in self.session.execute(
             select(
@@ -364,15 +360,8 @@ class Dashboard:
                 .group_by(received_day)
             ).all()
         )
-        outbox = PersonalizeOutbox
-        dead = outbox.attempts >= MAX_ATTEMPTS
-        unsent, dead_letters, oldest = self.session.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(case((dead, 1), else_=0)), 0),
-                func.min(case((~dead, outbox.occurred_at))),
-            ).where(outbox.sent_at.is_(None))
-        ).one()
+        backlog = Outbox(self.session, self.settings).backlog()
+        oldest = backlog.oldest_pending
         return {
             "days": window.day_labels(),
             "rejected_reasons": reasons,
@@ -381,8 +370,8 @@ class Dashboard:
             "webhooks": window.series(webhooks),
             "webhooks_total": sum(webhooks.values()),
             "outbox": {
-                "pending": unsent - dead_letters,
-                "refused": dead_letters,
+                "pending": backlog.pending,
+                "refused": backlog.dead_letters,
                 "max_attempts": MAX_ATTEMPTS,
                 "oldest_pending": as_utc(oldest).isoformat(timespec="minutes")
                 if isinstance(oldest, datetime)

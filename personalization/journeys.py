@@ -20,6 +20,7 @@ from personalization.reporting import (
     NO_ARM,
     Window,
     day_of,
+    first_seen,
     json_text,
     rate,
     recommended_clicks,
@@ -200,11 +201,7 @@ class Journeys:
         Monday) and the share of each week's visitors active again 1-4 weeks
         (7-13 days, 14-20, ...) after their own first interaction."""
         log = UserInteraction
-        first = (
-            select(log.user_id, func.min(log.timestamp).label("at"))
-            .group_by(log.user_id)
-            .subquery()
-        )
+        first = first_seen(window.since)
         elapsed = days_between(first.c.at, log.timestamp)
         week = case(
             *((elapsed >= 7 * n, n) for n in (5, 4, 3, 2, 1)),

@@ -30,6 +30,16 @@ CLAIM_TIMEOUT = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What waits in the outbox: events still to deliver, the oldest one's time,
+    and dead letters."""
+
+    pending: int
+    dead_letters: int
+    oldest_pending: datetime | None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """Up to 10 events of one visitor session: one PutEvents call."""
 
@@ -187,13 +197,15 @@ class Outbox:
             select(func.count()).where(self.table.c.sent_at.is_(None))
         )
 
-    def backlog(self) -> tuple[int, int]:
-        """Unsent events, in one query: those still to deliver, and dead letters
-        (refused MAX_ATTEMPTS times, never tried again)."""
+    def backlog(self) -> "Backlog":
+        """Unsent events, in one query: those still to deliver (and since when),
+        and dead letters (refused MAX_ATTEMPTS times, never tried again)."""
         dead = self.table.c.attempts >= MAX_ATTEMPTS
-        unsent, dead_letters = self.session.execute(
-            select(func.count(), func.sum(case((dead, 1), else_=0))).where(
-                self.table.c.sent_at.is_(None)
-            )
+        unsent, dead_letters, oldest = self.session.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(case((dead, 1), else_=0)), 0),
+                func.min(case((~dead, self.table.c.occurred_at))),
+            ).where(self.table.c.sent_at.is_(None))
         ).one()
-        return unsent - (dead_letters or 0), dead_letters or 0
+        return Backlog(unsent - dead_letters, dead_letters, oldest)

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import String, select, true
+from sqlalchemy import String, func, select, true
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
 from models import RecommendationImpression, UserInteraction
@@ -116,6 +117,20 @@ class Click:
     item_kind: str
     source: str
     arm: str
+
+
+def first_seen(since: datetime):
+    """Each visitor active since `since`, with the time of their first
+    interaction ever: a subquery (user_id, at). Only those visitors are grouped
+    (each a range of the (user_id, timestamp) index), never the whole log."""
+    earlier = aliased(UserInteraction)
+    active = select(UserInteraction.user_id).where(UserInteraction.timestamp >= since)
+    return (
+        select(earlier.user_id, func.min(earlier.timestamp).label("at"))
+        .where(earlier.user_id.in_(active))
+        .group_by(earlier.user_id)
+        .subquery()
+    )
 
 
 def rate(part: int, whole: int) -> float | None:

@@ -101,3 +101,28 @@ def test_credentials_migration_keeps_people_and_fixes_their_titles(empty_databas
         assert restored.one() == "Dr. Maya Chen"
         db.session.remove()
         db.engine.dispose()
+
+
+def test_impressions_stored_before_item_count_are_counted(empty_database_url):
+    from sqlalchemy import text
+
+    app = create_app(app_config(empty_database_url))
+    with app.app_context():
+        upgrade(revision="6830d1eb346c")
+        with db.engine.begin() as connection:
+            for list_id, items in (("a" * 16, '[[1,"engine"],[2,"fallback"]]'),):
+                connection.execute(
+                    text(
+                        "INSERT INTO recommendation_impressions (id, user_id, "
+                        "request_id, list_name, item_kind, items) VALUES "
+                        "(:id, 'v', 'r', 'home:procedure', 'procedure', :items)"
+                    ),
+                    {"id": list_id, "items": items},
+                )
+        upgrade()
+        counts = db.session.scalars(
+            text("SELECT item_count FROM recommendation_impressions")
+        ).all()
+        assert counts == [2]
+        db.session.remove()
+        db.engine.dispose()

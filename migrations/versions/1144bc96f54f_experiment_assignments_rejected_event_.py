@@ -5,8 +5,6 @@ Revises: 6830d1eb346c
 Create Date: 2026-11-30 07:02:01.292043
 
 """
-import json
-
 from alembic import op
 import sqlalchemy as sa
 
@@ -71,18 +69,9 @@ def downgrade():
 
 
 def count_items_of_earlier_impressions():
-    """Lists stored before item_count existed: count their items once."""
-    impressions = sa.table(
-        "recommendation_impressions",
-        sa.column("id", sa.String),
-        sa.column("items", sa.Text),
-        sa.column("item_count", sa.Integer),
+    """Lists stored before item_count existed: count their items, in one
+    statement (items is a JSON array in a text column)."""
+    items = "CAST(items AS json)" if op.get_bind().dialect.name == "postgresql" else "items"
+    op.execute(
+        f"UPDATE recommendation_impressions SET item_count = json_array_length({items})"
     )
-    connection = op.get_bind()
-    rows = connection.execute(sa.select(impressions.c.id, impressions.c["items"])).all()
-    for list_id, items in rows:
-        connection.execute(
-            impressions.update()
-            .where(impressions.c.id == list_id)
-            .values(item_count=len(json.loads(items)))
-        )
