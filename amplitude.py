@@ -32,7 +32,19 @@ class PayloadError(ValueError):
 
 
 class SkipEvent(ValueError):
-    """One event is valid JSON but not something to record; the message says why."""
+    """One event is valid JSON but not something to record; the message says why,
+    and `code` which of SKIP_CODES it is (counted by metrics and the dashboard)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+# Why an event is skipped, in a word: a bounded set, unlike the messages.
+SKIP_CODES = (
+    *("cohort", "malformed", "not_interaction", "unknown_type", "no_item"),
+    *("no_visitor", "too_old", "future"),
+)
 
 
 def unpack_payload(payload: Any) -> tuple[list, str | None]:
@@ -142,17 +154,17 @@ def read_event(
 ) -> ExternalEvent:
     """Read one event of any shape; raise SkipEvent with the reason to skip it."""
     if not isinstance(raw, dict):
-        raise SkipEvent("event is not a JSON object")
+        raise SkipEvent("event is not a JSON object", "malformed")
     name = text_id(raw.get("event_type")) or text_id(raw.get("name"))
     if not name:
-        raise SkipEvent("event has no event_type")
+        raise SkipEvent("event has no event_type", "malformed")
     if name in SKIPPED_TYPES or name.startswith("[Amplitude]"):
-        raise SkipEvent(f"event type {name!r} is not an interaction")
+        raise SkipEvent(f"event type {name!r} is not an interaction", "not_interaction")
     event_type = normalize_event_type(name)
     if event_type in SKIPPED_TYPES:
-        raise SkipEvent(f"event type {name!r} is not an interaction")
+        raise SkipEvent(f"event type {name!r} is not an interaction", "not_interaction")
     if event_type not in known_types:
-        raise SkipEvent(f"unknown event type {name!r}")
+        raise SkipEvent(f"unknown event type {name!r}", "unknown_type")
     properties = raw.get("event_properties")
     if properties is None:
         properties = raw.get("properties")  # custom templates
@@ -160,14 +172,16 @@ def read_event(
         properties = {}
     listed = item_references(properties, event_type)
     if not listed:
-        raise SkipEvent("event names no catalog item (event_properties.item_id)")
+        raise SkipEvent(
+            "event names no catalog item (event_properties.item_id)", "no_item"
+        )
     refs = list(dict.fromkeys(listed))[:MAX_ITEMS_PER_EVENT]
     occurred_at = event_time(raw, received_at)
     user_id = text_id(raw.get("user_id")) or text_id(raw.get("external_id"))
     device_id = text_id(raw.get("device_id"))
     visitor_hint = text_id(properties.get("visitor_id"))
     if not (user_id or device_id or visitor_hint):
-        raise SkipEvent("event has no visitor_id, user_id or device_id")
+        raise SkipEvent("event has no visitor_id, user_id or device_id", "no_visitor")
     session = text_id(raw.get("session_id"))
     return ExternalEvent(
         source=SOURCE,
@@ -211,7 +225,10 @@ def read_events(
     """Read a payload's events; return those worth resolving, and for each of the
     others its index and the reason it is skipped."""
     if skip_reason:
-        return [], [{"index": i, "reason": skip_reason} for i in range(len(raw_events))]
+        return [], [
+            {"index": i, "reason": skip_reason, "code": "cohort"}
+            for i in range(len(raw_events))
+        ]
     events: list[ExternalEvent] = []
     errors: list[dict[str, Any]] = []
     oldest = received_at - timedelta(days=retention_days)
@@ -220,13 +237,16 @@ def read_events(
             event = read_event(index, raw, known_types, received_at)
             if event.occurred_at < oldest:
                 raise SkipEvent(
-                    f"event is older than the {retention_days}-day retention"
+                    f"event is older than the {retention_days}-day retention",
+                    "too_old",
                 )
             if event.occurred_at > received_at + FUTURE_TOLERANCE:
-                raise SkipEvent("event time is more than a day in the future")
+                raise SkipEvent("event time is more than a day in the future", "future")
             events.append(event)
-        except SkipEvent as reason:
-            errors.append({"index": index, "reason": str(reason)})
+        except SkipEvent as skipped:
+            errors.append(
+                {"index": index, "reason": str(skipped), "code": skipped.code}
+            )
     return events, errors
 
 

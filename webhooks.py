@@ -25,20 +25,6 @@ webhooks = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 MAX_BODY_BYTES = 1024 * 1024
 
-# amplitude.py's reasons for skipping an event, by a phrase in each, as the few
-# names metrics count them under (a label per wording would be unbounded).
-SKIP_REASONS = (
-    ("cohort webhook", "cohort"),
-    ("not a JSON object", "malformed"),
-    ("no event_type", "malformed"),
-    ("is not an interaction", "not_interaction"),
-    ("unknown event type", "unknown_type"),
-    ("names no catalog item", "no_item"),
-    ("no visitor_id", "no_visitor"),
-    ("retention", "too_old"),
-    ("in the future", "future"),
-)
-
 
 def presented_token() -> str | None:
     """The secret the caller sent: `Authorization: Bearer …` or `X-Webhook-Token`."""
@@ -99,7 +85,7 @@ def amplitude():
     recorded = system.record_external(
         readable,
         received_at,
-        Counter((SOURCE, skip_reason_name(error["reason"])) for error in skipped),
+        Counter((SOURCE, error["code"]) for error in skipped),
     )
     result = summary(
         recorded.processed,
@@ -114,11 +100,3 @@ def amplitude():
         result["duplicates"],
     )
     return result
-
-
-def skip_reason_name(reason: str) -> str:
-    """The metrics name of a reason amplitude.py gave for skipping an event."""
-    for phrase, name in SKIP_REASONS:
-        if phrase in reason:
-            return name
-    return "other"

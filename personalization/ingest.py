@@ -184,7 +184,11 @@ class Ingest:
             else:
                 refs = ", ".join(event.item_refs)
                 result.errors.append(
-                    {"index": event.index, "reason": f"no catalog item {refs!r}"}
+                    {
+                        "index": event.index,
+                        "reason": f"no catalog item {refs!r}",
+                        "code": "unknown_item",
+                    }
                 )
                 outcomes[event.source, "unknown_item"] += 1
         visitors = self.visitors_of([event for event, _ in relevant])
