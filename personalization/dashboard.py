@@ -23,7 +23,7 @@ from models import (
     WebhookEventKey,
     as_utc,
 )
-from personalization.experiment import EXPERIMENT, Experiment
+from personalization.experiment import EXPERIMENT, Experiment, arm_order
 from personalization.intervals import wilson_interval
 from personalization.journeys import Journeys
 from personalization.outbox import MAX_ATTEMPTS, Outbox
@@ -253,7 +253,7 @@ class Dashboard:
             "dismissed": dismissed,
             "dismiss_rate": rate(dismissed, total_shown),
             "by_arm": rows(
-                dict(sorted(by_arm.items())),
+                dict(sorted(by_arm.items(), key=lambda item: arm_order(item[0]))),
                 Counter(c.arm for c in clicks),
                 lambda arm: {
                     "dismissed": dismissed_by_arm.get(arm, 0),

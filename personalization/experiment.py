@@ -40,6 +40,12 @@ PERCENT = "{:.2%}"
 LIFT = "{:+.1%}"
 
 
+def arm_order(arm: str | None) -> int:
+    """Where an arm goes in a report: personalized, control, then anything else
+    (so every table and chart lists, and colours, the arms alike)."""
+    return ARMS.index(arm) if arm in ARMS else len(ARMS)
+
+
 def bucket(visitor_id: str, experiment: str = EXPERIMENT) -> float:
     """Where a visitor falls in [0, 1): uniform, fixed for a visitor and an
     experiment, and unrelated to anything else hashed from the id."""

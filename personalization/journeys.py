@@ -14,7 +14,7 @@ from models import (
     UserInteraction,
     days_between,
 )
-from personalization.experiment import EXPERIMENT
+from personalization.experiment import EXPERIMENT, arm_order
 from personalization.intervals import wilson_interval
 from personalization.reporting import (
     NO_ARM,
@@ -114,7 +114,7 @@ class Journeys:
                 ],
             }
             for arm, started, viewed, requested in sorted(
-                rows, key=lambda row: row[0] or "~"
+                rows, key=lambda row: arm_order(row[0])
             )
         ]
 
