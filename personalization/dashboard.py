@@ -129,14 +129,7 @@ class Dashboard:
             .where(log.timestamp >= window.since)
         ).one()
 
-        request_day = day_of(ConsultationRequest.created_at)
-        requests = dict(
-            self.session.execute(
-                select(request_day, func.count())
-                .where(ConsultationRequest.created_at >= window.since)
-                .group_by(request_day)
-            ).all()
-        )
+        requests = self.rows_per_day(ConsultationRequest.created_at, window)
         return {
             "days": window.day_labels(),
             "events_total": sum(totals.values()),
@@ -149,6 +142,15 @@ class Dashboard:
             "requests_total": sum(requests.values()),
             "requests": window.series(requests),
         }
+
+    def rows_per_day(self, timestamp, window: Window) -> dict[str, int]:
+        """Rows of a table per UTC day of one of its timestamps, in the window."""
+        day = day_of(timestamp)
+        return dict(
+            self.session.execute(
+                select(day, func.count()).where(timestamp >= window.since).group_by(day)
+            ).all()
+        )
 
     # Recommendations
 
@@ -352,14 +354,7 @@ class Dashboard:
                 .group_by(rejected.day)
             )
         }
-        received_day = day_of(WebhookEventKey.received_at)
-        webhooks = dict(
-            self.session.execute(
-                select(received_day, func.count())
-                .where(WebhookEventKey.received_at >= window.since)
-                .group_by(received_day)
-            ).all()
-        )
+        webhooks = self.rows_per_day(WebhookEventKey.received_at, window)
         backlog = Outbox(self.session, self.settings).backlog()
         oldest = backlog.oldest_pending
         return {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import TRACK_PATH
 from helpers import PROJECT, seeded_site, skip_or_fail
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -104,7 +105,25 @@ def page(chromium):
     context = chromium.new_context()
     page = context.new_page()
     yield page
+    leave_and_let_the_tracker_finish(page)
     context.close()
+
+
+def leave_and_let_the_tracker_finish(page) -> None:
+    """A tracked page sends what it queued, and its engaged time, as it goes:
+    let that request land now, not in the next test's freshly emptied database."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    tracked = page.url.startswith("http") and page.locator("script[data-endpoint]")
+    if not tracked or not tracked.count():
+        return
+    try:
+        with page.expect_request_finished(
+            lambda request: TRACK_PATH in request.url, timeout=2000
+        ):
+            page.goto("about:blank")
+    except PlaywrightTimeoutError:
+        pass  # it had nothing to send (under a second on the page, say)
 
 
 @pytest.fixture(scope="session")
