@@ -26,6 +26,7 @@ from models import (
     Package,
     Procedure,
     RecommendationImpression,
+    RejectedEventCount,
     UserInteraction,
     VisitorPreference,
     doctor_procedures,
@@ -707,6 +708,7 @@ def seed_demo_traffic(
             (VisitorPreference, traffic.preferences),
             (RecommendationImpression, traffic.impressions),
             (ConsultationRequest, traffic.consultations),
+            (RejectedEventCount, simulated_rejections(now, days, seed)),
         ):
             if rows:
                 session.execute(insert(model), rows)
@@ -722,6 +724,28 @@ def seed_demo_traffic(
         "impressions": len(traffic.impressions),
         "consultations": len(traffic.consultations),
     }
+
+
+# Tracker events a month of real traffic gets refused, per day on average, by
+# reason: tabs left open on an item since removed, old cached tracker versions,
+# scripts poking at the endpoint.
+REJECTIONS_PER_DAY = {"unknown_item": 2.0, "bad_metadata": 0.8, "malformed": 0.4}
+
+
+def simulated_rejections(now: datetime, days: int, seed: int) -> list[dict]:
+    """rejected_event_counts rows for the tracker, day by day (the data quality
+    page's charts): counts only, as the site keeps them."""
+    rng = random.Random(seed)
+    rows = []
+    for back in range(days):
+        day = (now - timedelta(days=back)).date()
+        for reason, mean in REJECTIONS_PER_DAY.items():
+            count = sum(rng.random() < mean / 8 for _ in range(8))
+            if count:
+                rows.append(
+                    {"day": day, "source": "tracker", "reason": reason, "count": count}
+                )
+    return rows
 
 
 def unique_references(session, requests: list[dict], seed: int) -> None:

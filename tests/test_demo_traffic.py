@@ -252,3 +252,14 @@ def test_no_traffic_seeds_the_catalog_alone(app, runner):
     assert "no demo traffic added" in later.output
     with app.app_context():
         assert row_counts()["user_interactions"] == 0
+
+
+def test_the_data_quality_page_has_rejections_to_show(seeded, app):
+    from models import RejectedEventCount
+
+    with app.app_context():
+        rows = db.session.execute(
+            select(RejectedEventCount.source, RejectedEventCount.reason)
+        ).all()
+    assert rows and {source for source, _ in rows} == {"tracker"}
+    assert {reason for _, reason in rows} <= {"unknown_item", "bad_metadata", "malformed"}
