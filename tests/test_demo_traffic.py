@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy import func, select
 
 from app import create_app
-from demo_traffic import DEFAULT_DAYS, DEFAULT_VISITORS, load_catalog, simulate
+from demo_traffic import (
+    DEFAULT_DAYS,
+    DEFAULT_VISITORS,
+    REJECTIONS_PER_DAY,
+    load_catalog,
+    simulate,
+)
 from helpers import app_config, empty_all_tables
 from models import (
     ConsultationRequest,
@@ -262,4 +268,4 @@ def test_the_data_quality_page_has_rejections_to_show(seeded, app):
             select(RejectedEventCount.source, RejectedEventCount.reason)
         ).all()
     assert rows and {source for source, _ in rows} == {"tracker"}
-    assert {reason for _, reason in rows} <= {"unknown_item", "bad_metadata", "malformed"}
+    assert {reason for _, reason in rows} <= set(REJECTIONS_PER_DAY)
