@@ -15,7 +15,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from demo_catalog import catalog_is_empty, seed_demo_catalog
 from demo_traffic import DEFAULT_DAYS, has_interactions, seed_demo_traffic
 from models import Category, Procedure, UserInteraction, as_utc, db, utcnow
-from personalization.evaluation import SPLITS, format_table, split_log
+from personalization.evaluation import (
+    PROTOCOLS,
+    format_table,
+    most_popular,
+    own_history,
+    score_rankings,
+    score_recommenders,
+    split_log,
+    tune_own_history,
+    validation_split,
+)
 from personalization.events import Interaction, ItemKey, VisitorInteraction
 from personalization.experiment import format_report
 from personalization_system import current_system, replay_system
@@ -207,13 +217,14 @@ def export_command(output_dir: Path) -> None:
 
 @personalization.command("evaluate")
 @click.option(
-    "--split",
-    "method",
-    type=click.Choice(SPLITS),
-    default="temporal",
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default="leave-last-out",
     show_default=True,
-    help="temporal: hide the last 20% of the log by time; leave-last-out: hide "
-    "each visitor's last interaction.",
+    help="leave-last-out: each visitor's last interaction with an item new to them "
+    "is hidden; temporal: the last 20% of each visitor's interactions; both leave "
+    "the visitor's earlier items out of every list. repeat-aware: temporal, with "
+    "seen items kept and repeats counted (visitors who come back to procedures).",
 )
 @click.option("--k", type=click.IntRange(1, 50), default=10, show_default=True)
 @click.option(
@@ -222,21 +233,28 @@ def export_command(output_dir: Path) -> None:
     default=None,
     help="Only the last DAYS of the log [default: all of it].",
 )
-def evaluate_command(method: str, k: int, since: int | None) -> None:
-    """Replay the interaction log and score each ranking strategy on it."""
+def evaluate_command(protocol: str, k: int, since: int | None) -> None:
+    """Replay the interaction log and score each ranking strategy on it, next to
+    most-popular (and, repeat-aware, the visitor's own history, its decay chosen
+    on a validation split), each figure with its standard error."""
     system = current_system()
+    weights = system.settings.interaction_weights
     log = site_log(since)
     if len(log) < 2:
         raise click.ClickException(
             "not enough procedure interactions to evaluate (need at least 2)"
         )
-    split = split_log(log, method, system.settings.interaction_weights)
+    try:
+        split = split_log(log, protocol, weights)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
     if not split.test:
         raise click.ClickException(
             "no visitor has interactions on both sides of the split"
         )
     categories = db.session.execute(select(Category.id, Category.name)).all()
     procedures = db.session.execute(select(Procedure.id, Procedure.category_id)).all()
+    catalog = len(procedures)
     replay = replay_system(
         categories,
         procedures,
@@ -244,10 +262,38 @@ def evaluate_command(method: str, k: int, since: int | None) -> None:
         system.settings,
         current_app.extensions.get("personalize_client"),
     )
-    results = replay.evaluate(split.test, k, len(procedures))
+    with replay.reading():
+        results = score_recommenders(
+            replay.recommenders.by_name(),
+            replay.profiles.load,
+            split.test,
+            k,
+            catalog,
+            split.exclude,
+        )
+    results["most popular (all time)"] = score_rankings(
+        most_popular(split.train, weights), split.test, k, catalog, split.exclude
+    )
+    chosen = ""
+    if protocol == "repeat-aware":
+        try:
+            best = tune_own_history(
+                validation_split(split, weights), weights, k, catalog
+            )
+        except ValueError:  # nothing left to validate on
+            best = 1.0
+        results["own history (recency)"] = score_rankings(
+            own_history(split.train, weights, best),
+            split.test,
+            k,
+            catalog,
+            split.exclude,
+        )
+        chosen = f" Own history's decay per step, chosen on validation: {best}."
     click.echo(
         f"{len(split.train)} training events, {len(split.test)} test visitors, "
-        f"split {method}, cutoff {split.cutoff:%Y-%m-%d %H:%M}."
+        f"protocol {protocol}, training up to {split.cutoff:%Y-%m-%d %H:%M}. "
+        "Mean over test visitors ± standard error." + chosen
     )
     click.echo(format_table(results, k))
 

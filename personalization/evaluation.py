@@ -1,94 +1,54 @@
-"""Offline evaluation: split an interaction log into a past to train on and each
-visitor's later items to find, and score recommenders on them (NDCG, recall,
-precision, coverage, time per ranking).
+"""Offline evaluation: score rankings on a split's test visitors (NDCG, recall,
+precision, coverage, each with its standard error; time per ranking), the
+references that need no library (most popular, the visitor's own history), and
+tuning on a validation split.
 
-The recommenders scored are the objects the site serves, replayed over a scratch
-database (personalization_system.replay_system); `flask personalization evaluate`
-runs it on the site's own log, bench/evaluate_public.py on public datasets.
+The splits are in personalization/protocols.py. The engine's rows are the objects
+the site serves, replayed over a scratch database
+(personalization_system.replay_system); `flask personalization evaluate` runs it
+on the site's own log, bench/evaluate_public.py on public datasets with the
+library references (ItemKNN, EASE, ALS) next to it.
 """
 
 import math
+import random
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from personalization.events import VisitorInteraction
+from personalization.events import ItemKey, VisitorInteraction
 from personalization.profiles import VisitorProfile
+from personalization.protocols import PROTOCOLS, Split, split_log, validation_split
 from personalization.ranking import page_list
 from personalization.recommenders import Recommender
 
-SPLITS = ("temporal", "leave-last-out")
-# The share of the log, by time, that a temporal split hides.
-TEST_SHARE = 0.2
+__all__ = [
+    "PROTOCOLS",
+    "Split",
+    "split_log",
+    "validation_split",
+    "ndcg_at_k",
+    "recall_at_k",
+    "precision_at_k",
+    "mean_and_error",
+    "score_rankings",
+    "score_recommenders",
+    "page_ranker",
+    "most_popular",
+    "own_history",
+    "tune",
+    "tune_own_history",
+    "format_table",
+]
 
-
-@dataclass
-class Split:
-    train: list[VisitorInteraction]
-    # Each test visitor's later items with a positive weight: what a good ranking
-    # puts first.
-    test: dict[str, set[int]]
-    # "Now" for training: the end of the training data.
-    cutoff: datetime
-
-
-def split_log(
-    log: list[VisitorInteraction],
-    method: str,
-    weights: Mapping[str, float],
-    relevant_from: float = 0.0,
-) -> Split:
-    """Split a log of procedure interactions into training and each visitor's
-    hidden test items.
-
-    temporal: everything before the time that leaves the last 20% of the log is
-    training; visitors with interactions on both sides are tested on their later
-    items. leave-last-out: each visitor's last interaction is hidden (visitors with
-    at least two). A hidden interaction is relevant when its weight is positive and
-    at least `relevant_from`.
-    """
-
-    def relevant(entry: VisitorInteraction) -> bool:
-        weight = weights.get(entry.interaction.type, 0.0)
-        return weight > 0 and weight >= relevant_from
-
-    def when(entry: VisitorInteraction) -> datetime:
-        return entry.interaction.occurred_at
-
-    if method not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}")
-    ordered = sorted(log, key=lambda e: (when(e), e.visitor_id, e.interaction.item.id))
-    if not ordered:
-        raise ValueError("the log is empty")
-    train: list[VisitorInteraction] = []
-    later: dict[str, set[int]] = defaultdict(set)
-    if method == "temporal":
-        cutoff = when(
-            ordered[min(len(ordered) - 1, int(len(ordered) * (1 - TEST_SHARE)))]
-        )
-        for entry in ordered:
-            if when(entry) < cutoff:
-                train.append(entry)
-            elif relevant(entry):
-                later[entry.visitor_id].add(entry.interaction.item.id)
-    else:
-        last: dict[str, VisitorInteraction] = {}
-        counts: dict[str, int] = defaultdict(int)
-        for entry in ordered:
-            last[entry.visitor_id] = entry
-            counts[entry.visitor_id] += 1
-        for entry in ordered:
-            hidden = counts[entry.visitor_id] >= 2 and entry is last[entry.visitor_id]
-            if not hidden:
-                train.append(entry)
-            elif relevant(entry):
-                later[entry.visitor_id].add(entry.interaction.item.id)
-        cutoff = max(when(e) for e in train) if train else when(ordered[-1])
-    trained = {e.visitor_id for e in train}
-    test = {visitor: items for visitor, items in later.items() if visitor in trained}
-    return Split(train, test, cutoff)
+# A ranker: (visitor id, items it must not rank, k) -> up to k item ids, best first.
+Ranker = Callable[[str, set[int], int], list[int]]
+# The own-history reference's decays per step, tried on validation (plain counts
+# first: they win ties).
+OWN_HISTORY_DECAYS = (1.0, 0.97, 0.9, 0.8, 0.5)
+# Resamples of the test visitors behind coverage's standard error.
+BOOTSTRAP_ROUNDS = 100
 
 
 # Metrics
@@ -117,70 +77,222 @@ def precision_at_k(ranked: list[int], relevant: set[int], k: int) -> float:
     return len(set(ranked[:k]) & relevant) / k
 
 
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (sample standard deviation / sqrt(n))."""
+    count = len(values)
+    if not count:
+        return 0.0, 0.0
+    mean = sum(values) / count
+    if count < 2:
+        return mean, 0.0
+    variance = sum((value - mean) ** 2 for value in values) / (count - 1)
+    return mean, math.sqrt(variance / count)
+
+
+def coverage_and_error(
+    lists: list[list[int]], catalog_size: int, seed: int = 0
+) -> tuple[float, float]:
+    """Share of the catalog that appears in some list, and its bootstrap standard
+    error over the visitors (coverage is not a mean over visitors)."""
+    if not catalog_size or not lists:
+        return 0.0, 0.0
+    coverage = len({item for found in lists for item in found}) / catalog_size
+    draw = random.Random(seed)
+    samples = []
+    for _ in range(BOOTSTRAP_ROUNDS):
+        picked = draw.choices(lists, k=len(lists))
+        samples.append(len({item for found in picked for item in found}))
+    mean = sum(samples) / len(samples)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in samples) / (len(samples) - 1))
+    return coverage, spread / catalog_size
+
+
 def score_rankings(
-    rank: Callable[[str], list[int]],
-    test: dict[str, set[int]],
+    rank: Ranker,
+    test: Mapping[str, set[int]],
     k: int,
     catalog_size: int,
+    exclude: Mapping[str, set[int]] | None = None,
 ) -> dict[str, float]:
-    """Rank for every test visitor with `rank` (visitor id -> item ids, best
-    first); average the metrics."""
-    totals = defaultdict(float)
-    recommended: set[int] = set()
+    """Rank for every test visitor, without the items `exclude` holds for them
+    (dropped again here, should a ranker return one); average the metrics."""
+    exclude = exclude or {}
+    values: dict[str, list[float]] = defaultdict(list)
+    lists = []
     elapsed = 0.0
     for visitor, relevant in sorted(test.items()):
+        excluded = exclude.get(visitor, set())
         started = time.perf_counter()
-        ranked = rank(visitor)[:k]
+        found = rank(visitor, excluded, k)
         elapsed += time.perf_counter() - started
-        recommended |= set(ranked)
-        totals["ndcg"] += ndcg_at_k(ranked, relevant, k)
-        totals["recall"] += recall_at_k(ranked, relevant, k)
-        totals["precision"] += precision_at_k(ranked, relevant, k)
-    visitors = max(1, len(test))
-    return {
-        f"ndcg@{k}": totals["ndcg"] / visitors,
-        f"recall@{k}": totals["recall"] / visitors,
-        f"precision@{k}": totals["precision"] / visitors,
-        "coverage": len(recommended) / catalog_size if catalog_size else 0.0,
-        "ms_per_ranking": elapsed * 1000 / visitors,
-        "users": len(test),
-    }
+        ranked = list(dict.fromkeys(i for i in found if i not in excluded))[:k]
+        lists.append(ranked)
+        values["ndcg"].append(ndcg_at_k(ranked, relevant, k))
+        values["recall"].append(recall_at_k(ranked, relevant, k))
+        values["precision"].append(precision_at_k(ranked, relevant, k))
+    row: dict[str, float] = {}
+    for metric in ("ndcg", "recall", "precision"):
+        mean, error = mean_and_error(values[metric])
+        row[f"{metric}@{k}"] = mean
+        row[f"{metric}@{k}_se"] = error
+    row["coverage"], row["coverage_se"] = coverage_and_error(lists, catalog_size)
+    row["ms_per_ranking"] = elapsed * 1000 / max(1, len(test))
+    row["users"] = len(test)
+    return row
 
 
 def score_recommenders(
     recommenders: Mapping[str, Recommender],
     load_profile: Callable[[str], VisitorProfile],
-    test: dict[str, set[int]],
+    test: Mapping[str, set[int]],
     k: int,
     catalog_size: int,
+    exclude: Mapping[str, set[int]] | None = None,
 ) -> dict[str, dict]:
     """Score each recommender's procedure lists, as a page would show them (what
-    the visitor disliked goes last); one row per recommender. The time per ranking
-    includes reading the visitor's profile, as a page does."""
-
-    def ranker(recommender: Recommender) -> Callable[[str], list[int]]:
-        def rank(visitor: str) -> list[int]:
-            found = page_list(recommender, load_profile(visitor), "procedure", k)
-            return [entry.item.id for entry in found]
-
-        return rank
+    the visitor disliked goes last), told to leave out the excluded items, so it
+    fills their places as it would on a page (from popular); one row per
+    recommender. The time per ranking includes reading the visitor's profile."""
 
     return {
-        name: score_rankings(ranker(recommender), test, k, catalog_size)
+        name: score_rankings(
+            page_ranker(recommender, load_profile), test, k, catalog_size, exclude
+        )
         for name, recommender in recommenders.items()
     }
 
 
-def format_table(results: dict[str, dict], k: int) -> str:
-    """The results as a Markdown table."""
+def page_ranker(
+    recommender: Recommender, load_profile: Callable[[str], VisitorProfile]
+) -> Ranker:
+    """A recommender's procedure list as a page shows it (page_list), without the
+    excluded items: it fills their places as a page would (from popular)."""
+
+    def rank(visitor: str, excluded: set[int], k: int) -> list[int]:
+        keys = frozenset(ItemKey("procedure", item) for item in excluded)
+        found = page_list(
+            recommender, load_profile(visitor), "procedure", k, exclude=keys
+        )
+        return [entry.item.id for entry in found]
+
+    return rank
+
+
+# References that need no library
+
+
+def positive(
+    train: Iterable[VisitorInteraction], weights: Mapping[str, float]
+) -> Iterable[VisitorInteraction]:
+    return (e for e in train if weights.get(e.interaction.type, 0.0) > 0)
+
+
+def most_popular(train: list[VisitorInteraction], weights: Mapping[str, float]):
+    """MostPop: items by how many visitors took them (a positive event), over the
+    whole training log; ties by item id."""
+    takers = Counter(
+        item
+        for _, item in {
+            (e.visitor_id, e.interaction.item.id) for e in positive(train, weights)
+        }
+    )
+    ordered = [
+        item for item, _ in sorted(takers.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+    def rank(visitor: str, excluded: set[int], k: int) -> list[int]:
+        found = []
+        for item in ordered:
+            if len(found) >= k:
+                break
+            if item not in excluded:
+                found.append(item)
+        return found
+
+    return rank
+
+
+def own_history(
+    train: list[VisitorInteraction], weights: Mapping[str, float], decay: float
+) -> Ranker:
+    """The repeat-aware reference: the visitor's own items by recency-weighted
+    counts (each positive event counts decay ** its steps back from the visitor's
+    latest), then MostPop."""
+    history: dict[str, list[VisitorInteraction]] = defaultdict(list)
+    for entry in positive(train, weights):
+        history[entry.visitor_id].append(entry)
+    scores: dict[str, dict[int, float]] = {}
+    for visitor, entries in history.items():
+        entries.sort(key=lambda e: e.interaction.occurred_at)
+        counted: dict[int, float] = defaultdict(float)
+        for steps, entry in enumerate(reversed(entries)):
+            counted[entry.interaction.item.id] += decay**steps
+        scores[visitor] = counted
+    fill = most_popular(train, weights)
+
+    def rank(visitor: str, excluded: set[int], k: int) -> list[int]:
+        own = scores.get(visitor, {})
+        found = [
+            item
+            for item, _ in sorted(own.items(), key=lambda kv: (-kv[1], kv[0]))
+            if item not in excluded
+        ][:k]
+        return found + fill(visitor, excluded | set(found), k - len(found))
+
+    return rank
+
+
+# Tuning
+
+
+def tune(
+    build: Callable[[Split, dict[str, Any]], Ranker],
+    grid: Iterable[dict[str, Any]],
+    validation: Split,
+    k: int,
+    catalog_size: int,
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
+    """The parameters with the best NDCG@k on the validation split (the first
+    on a tie), and every candidate's score."""
+    tried = []
+    for params in grid:
+        rank = build(validation, params)
+        row = score_rankings(rank, validation.test, k, catalog_size, validation.exclude)
+        tried.append((params, row[f"ndcg@{k}"]))
+    if not tried:
+        raise ValueError("an empty grid")
+    best = max(tried, key=lambda pair: pair[1])  # max keeps the first of equals
+    return best[0], tried
+
+
+def tune_own_history(
+    validation: Split, weights: Mapping[str, float], k: int, catalog_size: int
+) -> float:
+    """The own-history reference's decay with the best NDCG@k on validation."""
+    best, _ = tune(
+        lambda part, params: own_history(part.train, weights, params["decay"]),
+        [{"decay": decay} for decay in OWN_HISTORY_DECAYS],
+        validation,
+        k,
+        catalog_size,
+    )
+    return best["decay"]
+
+
+def format_table(results: Mapping[str, dict], k: int) -> str:
+    """The results as a Markdown table, each figure with its standard error."""
     lines = [
         f"| strategy | NDCG@{k} | Recall@{k} | Precision@{k} | coverage | ms/ranking |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
+        cells = [
+            f"{row[key]:.4f} ± {row.get(key + '_se', 0.0):.4f}"
+            for key in (f"ndcg@{k}", f"recall@{k}", f"precision@{k}")
+        ]
+        coverage = f"{row['coverage']:.3f} ± {row.get('coverage_se', 0.0):.3f}"
         lines.append(
-            f"| {name} | {row[f'ndcg@{k}']:.4f} | {row[f'recall@{k}']:.4f} | "
-            f"{row[f'precision@{k}']:.4f} | {row['coverage']:.3f} | "
+            f"| {name} | {' | '.join(cells)} | {coverage} | "
             f"{row['ms_per_ranking']:.2f} |"
         )
     return "\n".join(lines)

@@ -1,16 +1,27 @@
 """Offline evaluation: metric maths, splits, and a tiny log with a known answer."""
 
+import json
+import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from helpers import catalog_id
 from models import Procedure
 from personalization.evaluation import (
+    mean_and_error,
+    most_popular,
     ndcg_at_k,
+    own_history,
     precision_at_k,
     recall_at_k,
+    score_rankings,
     split_log,
+    tune,
+    validation_split,
 )
 from personalization.events import (
     DEFAULT_INTERACTION_WEIGHTS,
@@ -45,35 +56,81 @@ def test_ndcg_recall_precision_on_known_rankings():
     assert precision_at_k([1, 2, 3, 4], {1, 3, 9}, 4) == 0.5
 
 
-def test_temporal_split_hides_the_last_fifth_by_time():
-    events = [logged("u1", i, "view", at(i)) for i in range(8)] + [
-        logged("u2", 100, "view", at(8)),  # only after the cutoff: not tested
-        logged("u1", 50, "hide", at(9)),  # negative: not a relevant item
-    ]
-    split = split_log(events, "temporal", DEFAULT_INTERACTION_WEIGHTS)
-    assert split.cutoff == at(8)
-    assert [e.interaction.item.id for e in split.train] == list(range(8))
-    assert split.test == {}  # u1's later event is negative, u2 has no training
+def test_mostpop_on_a_tiny_log_with_hand_computed_ndcg():
+    """Leave-last-out, seen items excluded, MostPop, k = 3 (see test_protocols for
+    the split). Training: a 1, 2; b 1, 3; c 1, 4; d 5, 5. Items by how many
+    visitors took them: 1 (3), then 2, 3, 4, 5 (1 each, by id).
 
-    events.append(logged("u1", 60, "click", at(10)))
-    split = split_log(events, "temporal", DEFAULT_INTERACTION_WEIGHTS)
-    assert split.test == {"u1": {60}}
+    a: test {3}, without 1, 2 -> [3, 4, 5]: hit at rank 1, NDCG = 1.
+    b: test {4}, without 1, 3 -> [2, 4, 5]: hit at rank 2,
+       DCG = 1 / log2(2 + 1) = 0.63093, ideal 1 / log2(1 + 1) = 1, NDCG = 0.63093.
+    c: test {2}, without 1, 4 -> [2, 3, 5]: NDCG = 1.
+    Mean NDCG@3 = (1 + 0.63093 + 1) / 3 = 0.87698; deviations 0.12302, -0.24605,
+    0.12302; sample variance (0.01513 + 0.06054 + 0.01513) / 2 = 0.04540;
+    standard error sqrt(0.04540 / 3) = 0.12302.
+    Recall@3 = 1 for everyone (standard error 0); precision@3 = 1/3.
+    Coverage: 2, 3, 4, 5 listed, of 5 items = 0.8.
+    Without the exclusion a would get [1, 2, 3]: 3 at rank 3, NDCG 1 / log2(4) = 0.5.
+    """
+    from test_protocols import tiny_log
+
+    split = split_log(tiny_log(), "leave-last-out", DEFAULT_INTERACTION_WEIGHTS)
+    rank = most_popular(split.train, DEFAULT_INTERACTION_WEIGHTS)
+    row = score_rankings(rank, split.test, 3, 5, split.exclude)
+    assert row["ndcg@3"] == pytest.approx((2 + 1 / math.log2(3)) / 3)
+    assert row["ndcg@3"] == pytest.approx(0.87698, abs=1e-5)
+    assert row["ndcg@3_se"] == pytest.approx(0.12302, abs=1e-5)
+    assert row["recall@3"] == 1.0 and row["recall@3_se"] == 0.0
+    assert row["precision@3"] == pytest.approx(1 / 3)
+    assert row["coverage"] == pytest.approx(0.8)
+    assert row["users"] == 3
+    unfiltered = score_rankings(rank, {"a": {3}}, 3, 5)
+    assert unfiltered["ndcg@3"] == pytest.approx(0.5)
 
 
-def test_leave_last_out_hides_each_visitors_last_event():
-    events = [
-        logged("a", 1, "view", at(1)),
-        logged("a", 2, "click", at(2)),
-        logged("b", 3, "view", at(3)),  # one event: kept for training only
-    ]
-    split = split_log(events, "leave-last-out", DEFAULT_INTERACTION_WEIGHTS)
-    assert split.test == {"a": {2}}
-    assert {(e.visitor_id, e.interaction.item.id) for e in split.train} == {
-        ("a", 1),
-        ("b", 3),
-    }
-    with pytest.raises(ValueError, match="split must be one of"):
-        split_log(events, "random", DEFAULT_INTERACTION_WEIGHTS)
+def test_a_ranker_that_returns_a_seen_item_is_not_credited_for_it():
+    def stubborn(visitor, excluded, k):
+        return [1, 1, 2, 3]  # 1 and 2 are a's seen items, 1 twice
+
+    row = score_rankings(stubborn, {"a": {1, 3}}, 2, 10, {"a": {1, 2}})
+    # Left: [3]; relevant {1, 3} -> DCG 1, ideal 1 + 1 / log2(3).
+    assert row["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+def test_standard_error_of_a_mean():
+    assert mean_and_error([]) == (0.0, 0.0)
+    assert mean_and_error([0.5]) == (0.5, 0.0)
+    # 0 and 1: sample sd sqrt(0.5), over sqrt(2) -> 0.5.
+    assert mean_and_error([0.0, 1.0]) == (0.5, pytest.approx(0.5))
+
+
+def test_own_history_ranks_by_recency_weighted_counts_and_tunes_on_validation():
+    """Repeat-aware: c trained on 1, 4, 2 (oldest first) and comes back to 1.
+    Decay 0.5 per step: 2 -> 1, 4 -> 0.5, 1 -> 0.25: [2, 4, 1], 1 at rank 3,
+    NDCG 1 / log2(4) = 0.5. Plain counts (decay 1): a tie, by id: [1, 2, 4], 1."""
+    from test_protocols import tiny_log
+
+    split = split_log(tiny_log(), "repeat-aware", DEFAULT_INTERACTION_WEIGHTS)
+    assert split.test["c"] == {1}
+    weights = DEFAULT_INTERACTION_WEIGHTS
+    recent = own_history(split.train, weights, 0.5)
+    assert recent("c", set(), 3) == [2, 4, 1]
+    assert own_history(split.train, weights, 1.0)("c", set(), 3) == [1, 2, 4]
+    # A visitor with a short history is filled from MostPop.
+    assert recent("d", set(), 3) == [5, 1, 2]
+    only_c = {"c": {1}}
+    assert score_rankings(recent, only_c, 3, 5)["ndcg@3"] == pytest.approx(0.5)
+
+    validation = validation_split(split, weights)
+    best, tried = tune(
+        lambda part, params: own_history(part.train, weights, params["decay"]),
+        [{"decay": 0.5}, {"decay": 1.0}],
+        validation,
+        3,
+        5,
+    )
+    assert [params for params, _ in tried] == [{"decay": 0.5}, {"decay": 1.0}]
+    assert best == max(tried, key=lambda pair: pair[1])[0]
 
 
 def test_a_tiny_log_with_a_known_answer():
@@ -140,15 +197,99 @@ def test_evaluate_command_prints_the_table(catalog, runner):
             [Interaction("click", ItemKey("procedure", ids[1]))],
         )
     result = runner.invoke(
-        args=["personalization", "evaluate", "--split", "leave-last-out", "--k", "5"]
+        args=["personalization", "evaluate", "--protocol", "leave-last-out", "--k", "5"]
     )
     assert result.exit_code == 0, result.output
     assert "| strategy | NDCG@5 |" in result.output
-    for name in ("popular", "category affinity", "co-visitation", "blended (served)"):
-        assert f"| {name} |" in result.output
+    assert "protocol leave-last-out" in result.output
+    names = ("popular", "category affinity", "co-visitation", "blended (served)")
+    for name in (*names, "most popular (all time)"):
+        assert f"| {name} | " in result.output
+    assert " ± " in result.output  # each figure with its standard error
+
+    repeats = runner.invoke(
+        args=["personalization", "evaluate", "--protocol", "repeat-aware"]
+    )
+    assert repeats.exit_code == 0, repeats.output
+    assert "| own history (recency) | " in repeats.output
+    assert "chosen on validation" in repeats.output
 
 
 def test_evaluate_command_needs_a_log(runner, catalog):
     result = runner.invoke(args=["personalization", "evaluate"])
     assert result.exit_code != 0
     assert "not enough procedure interactions" in result.output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_csv(path: Path) -> Path:
+    """60 visitors over 24 items in 3 categories: each walks four items of one
+    category in order, so what comes next is learnable."""
+    rows = ["visitor_id,item_id,category_id,event_type,timestamp"]
+    stamp = 1_700_000_000
+    for visitor in range(60):
+        category = visitor % 3
+        start = visitor % 5
+        for step in range(4):
+            item = category * 8 + (start + step) % 8 + 1
+            kind = "click" if step % 2 else "view"
+            rows.append(f"v{visitor},{item},{category + 1},{kind},{stamp}")
+            stamp += 60
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_public_bench_entry_point_prints_json_for_any_csv_log(tmp_path):
+    """bench/evaluate_public.py --events FILE --json: leave-last-out, seen items
+    excluded, one row per strategy with the figures and their standard errors."""
+    log = synthetic_csv(tmp_path / "log.csv")
+    result = subprocess.run(
+        [sys.executable, "bench/evaluate_public.py", "--events", str(log), "--json"]
+        + ["--no-tune-engine"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    for name in ("popular", "blended (served)", "MostPop", "ItemKNN", "EASE"):
+        assert {"ndcg@10", "ndcg@10_se", "recall@10", "coverage"} <= set(rows[name])
+    assert rows["ALS (implicit)"]["params"].keys() == {
+        "factors",
+        "regularization",
+        "alpha",
+    }
+    assert rows["popular"]["users"] == 60
+    # Each visitor's next item follows the walk: a neighbourhood method finds it.
+    assert rows["ItemKNN"]["ndcg@10"] > rows["MostPop"]["ndcg@10"]
+
+
+def test_ease_in_the_visitors_space_matches_the_closed_form():
+    """Fewer visitors than items: EASE solved through Woodbury must give the
+    scores of B = I - P / diag(P), P = (XᵀX + λI)⁻¹, computed directly."""
+    import numpy as np
+
+    from bench.references import Matrix, ease
+
+    draw = np.random.default_rng(0)
+    events = [
+        logged(f"u{user}", int(item), "click", at(user))
+        for user in range(6)
+        for item in draw.choice(15, size=5, replace=False)
+    ]
+    matrix = Matrix(events, DEFAULT_INTERACTION_WEIGHTS)
+    x = matrix.binary.toarray()
+    inverse = np.linalg.inv(x.T @ x + 50 * np.eye(x.shape[1]))
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    expected = x @ weights
+    rank = ease(matrix, 50)
+    column = {item: index for index, item in enumerate(matrix.items)}
+    for user, visitor in enumerate(matrix.users):
+        found = [column[item] for item in rank(visitor, set(), 4)]
+        # Items with the same column tie exactly; rounding may swap them.
+        best = np.sort(expected[user])[::-1][:4]
+        np.testing.assert_allclose(expected[user][found], best, atol=1e-9)
