@@ -29,6 +29,7 @@ from personalization.evaluation import (
 from personalization.events import Interaction, ItemKey, VisitorInteraction
 from personalization.experiment import format_report
 from personalization_system import current_system, replay_system
+from personalize_client import PersonalizeUnavailable
 
 
 @click.command("seed-demo")
@@ -183,19 +184,48 @@ def refresh_command() -> None:
     help="Events to deliver in this run.",
 )
 def sync_events_command(max_events: int) -> None:
-    """Deliver queued interactions to AWS Personalize (PutEvents)."""
+    """Deliver queued interactions to AWS Personalize (PutEvents), and queued
+    "forget me" requests (one data deletion job per run)."""
     client = current_app.extensions.get("personalize_client")
-    if client is None or not client.tracking_id:
+    if client is None or not (client.tracking_id or client.deletion):
         raise click.ClickException(
             "Personalize event streaming is off: set AWS_PERSONALIZE_ENABLED=true "
             "and AWS_PERSONALIZE_TRACKING_ID."
         )
     result = current_system().sync_personalize_events(client, max_events=max_events)
     click.echo(f"Sent {result['sent']} events; {result['pending']} still queued.")
+    if result["deleted"]:
+        click.echo(f"Asked Personalize to delete {result['deleted']} visitors.")
     if result["failed"]:
         raise click.ClickException(
             "Personalize did not accept a batch; it stays queued for the next run."
         )
+
+
+@personalization.command("sync-catalog")
+@click.option(
+    "--users-since",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Send visitors whose interests changed in the last DAYS days.",
+)
+def sync_catalog_command(users_since: int) -> None:
+    """Send catalog items and visitors' top categories to AWS Personalize
+    (PutItems, PutUsers)."""
+    client = current_app.extensions.get("personalize_client")
+    if client is None or not (client.items_dataset_arn or client.users_dataset_arn):
+        raise click.ClickException(
+            "set AWS_PERSONALIZE_ENABLED=true and AWS_PERSONALIZE_ITEMS_DATASET_ARN "
+            "or AWS_PERSONALIZE_USERS_DATASET_ARN."
+        )
+    try:
+        sent = current_system().sync_personalize_catalog(
+            client, utcnow() - timedelta(days=users_since)
+        )
+    except PersonalizeUnavailable as error:
+        raise click.ClickException(f"Personalize refused a call: {error}") from error
+    click.echo(f"Sent {sent['items']} items and {sent['users']} visitors.")
 
 
 @personalization.command("export")

@@ -221,6 +221,34 @@ def personalize_settings() -> dict:
         "AWS_PERSONALIZE_TRACKING_ID": os.environ.get(
             "AWS_PERSONALIZE_TRACKING_ID", ""
         ),
+        # A user-personalization campaign: home sections ask it for their items
+        # (GetRecommendations), through the filter that drops dismissed items.
+        "AWS_PERSONALIZE_USER_CAMPAIGN_ARN": os.environ.get(
+            "AWS_PERSONALIZE_USER_CAMPAIGN_ARN", ""
+        ),
+        "AWS_PERSONALIZE_DISMISSED_FILTER_ARN": os.environ.get(
+            "AWS_PERSONALIZE_DISMISSED_FILTER_ARN", ""
+        ),
+        # Items and Users datasets kept current by `flask personalization
+        # sync-catalog` (PutItems, PutUsers).
+        "AWS_PERSONALIZE_ITEMS_DATASET_ARN": os.environ.get(
+            "AWS_PERSONALIZE_ITEMS_DATASET_ARN", ""
+        ),
+        "AWS_PERSONALIZE_USERS_DATASET_ARN": os.environ.get(
+            "AWS_PERSONALIZE_USERS_DATASET_ARN", ""
+        ),
+        # "Forget me" in Personalize: a data deletion job on the dataset group,
+        # reading a CSV of user ids written to this bucket, with this role.
+        "AWS_PERSONALIZE_DATASET_GROUP_ARN": os.environ.get(
+            "AWS_PERSONALIZE_DATASET_GROUP_ARN", ""
+        ),
+        "AWS_PERSONALIZE_DELETION_BUCKET": os.environ.get(
+            "AWS_PERSONALIZE_DELETION_BUCKET", ""
+        ),
+        "AWS_PERSONALIZE_DELETION_PREFIX": os.environ.get(
+            "AWS_PERSONALIZE_DELETION_PREFIX", "personalize-deletions/"
+        ),
+        "AWS_PERSONALIZE_ROLE_ARN": os.environ.get("AWS_PERSONALIZE_ROLE_ARN", ""),
         "AWS_REGION": os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")
         or "us-east-1",

@@ -33,12 +33,13 @@ from personalization.events import (
     VisitorInteraction,
 )
 from personalization.experiment import CONTROL, Experiment, ExperimentReport
-from personalization.export import export_datasets
+from personalization.export import export_datasets, sync_catalog
 from personalization.identity import Identity
 from personalization.impressions import Impressions
 from personalization.ingest import TRACKER, ExternalResult, Ingest, log_row
 from personalization.items import Items
 from personalization.outbox import Backlog, Outbox
+from personalization.personalize import with_user_campaign
 from personalization.preferences import Preferences
 from personalization.privacy import Privacy
 from personalization.profiles import Profiles
@@ -71,6 +72,7 @@ class PersonalizationSystem:
         fingerprint_key: str,
         personalize: PersonalizeAdapter | None = None,
         stream_events: bool = False,
+        forget_in_personalize: bool = False,
         search_categories: Callable[[str], list[int]] = result_categories,
         clock: Callable[[], datetime] = utcnow,
     ):
@@ -85,9 +87,10 @@ class PersonalizationSystem:
         self.profiles = Profiles(
             session, settings, self.affinity, self.preferences, clock
         )
-        self.recommenders = build_recommenders(
+        recommenders = build_recommenders(
             settings, self.items, self.popularity, self.covisitation, personalize
         )
+        self.recommenders = with_user_campaign(recommenders, personalize, self.items)
         self.sections = Sections(self.items, self.recommenders.served)
         self.outbox = Outbox(session, settings)
         self.ingest = Ingest(
@@ -115,6 +118,7 @@ class PersonalizationSystem:
             self.impressions,
             self.preferences,
             self.experiment,
+            self.outbox if forget_in_personalize else None,
         )
         self.clock = clock
 
@@ -347,6 +351,11 @@ class PersonalizationSystem:
             client, max_events, now or utcnow(), self.transaction, utcnow
         )
 
+    def sync_personalize_catalog(self, client, users_since=None) -> dict[str, int]:
+        """Send the catalog and recently active visitors to Personalize."""
+        with self.reading():
+            return sync_catalog(self.session, client, users_since)
+
     def outbox_backlog(self) -> Backlog:
         """Events waiting for Personalize, and dead letters (refused too often)."""
         with self.reading():
@@ -491,6 +500,7 @@ def init_app(app: Flask) -> PersonalizationSystem:
         config["FINGERPRINT_SECRET"],
         personalize=personalize,
         stream_events=streaming,
+        forget_in_personalize=bool(personalize and personalize.deletion),
     )
     app.extensions[EXTENSION] = system
     if streaming and config["AWS_PERSONALIZE_SYNC_INTERVAL"] > 0 and not app.testing:

@@ -1,12 +1,16 @@
-"""The AWS Personalize adapter (boto3): re-ranking, similar items and event
-streaming, with strict timeouts, a per-page budget and a circuit breaker. The
-engine reaches it through personalization.recommenders.PersonalizeRecommender."""
+"""The AWS Personalize adapter (boto3): re-ranking, user recommendations, similar
+items, event streaming, catalog updates and user deletion, with strict timeouts, a
+per-page budget and a circuit breaker. The engine reaches it through the
+recommenders (personalization.recommenders, personalization.personalize)."""
 
+import csv
+import io
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +39,54 @@ MAX_EVENTS_PER_CALL = 10
 MAX_IMPRESSION_IDS = 25
 MAX_PROPERTIES_CHARS = 1024
 MAX_SIMILAR_RESULTS = 500
+MAX_RESULTS = 500
+# PutItems and PutUsers take at most 10 records a call.
+MAX_RECORDS_PER_CALL = 10
+# Personalize's longest categorical value, an IMPRESSION cell included.
+MAX_CATEGORICAL_CHARS = 1000
+
+# The few event types Personalize is given for the site's 17 interaction types
+# (one dataset may hold at most 10 event types and metadata columns together).
+# EVENT_VALUE is the type's weight; a negative weight always goes as "dismiss".
+DISMISS = "dismiss"
+PERSONALIZE_EVENT_TYPES = {
+    **dict.fromkeys(
+        ("view", "search", "initial_impression", "scroll_impression"), "view"
+    ),
+    "click": "click",
+    **dict.fromkeys(("upvote", "share", "bookmark", "download", "comment"), "save"),
+    **dict.fromkeys(("form_submit", "donate", "fundraise"), "convert"),
+    **dict.fromkeys(("hide", "not_interested", "downvote", "flag_content"), DISMISS),
+}
+# The solution's eventValueThreshold: Personalize trains only on events whose
+# value is at least this. Every positive event goes with its weight (> 0) and
+# every dismissal with its negative weight, so negatives are never positives.
+EVENT_VALUE_THRESHOLD = 0.0
+
+
+def personalize_event_type(interaction_type: str, value: float) -> str | None:
+    """The EVENT_TYPE an interaction goes to Personalize as, or None when it is
+    not sent (no weight, such as "engaged", or a type Personalize is not given).
+    The one mapping of the bulk export and of PutEvents."""
+    if value < 0:
+        return DISMISS
+    event_type = PERSONALIZE_EVENT_TYPES.get(interaction_type)
+    if value == 0 or event_type == DISMISS:
+        return None  # no signal, or a dismissal weighted as interest: ambiguous
+    return event_type
+
+
+def impression_ids(item_ids: list[str]) -> list[str]:
+    """The first ids of a shown list that fit an impression: 25 ids (PutEvents)
+    and 1000 characters once joined with "|" (the IMPRESSION column)."""
+    kept: list[str] = []
+    length = -1
+    for item_id in item_ids[:MAX_IMPRESSION_IDS]:
+        length += len(item_id) + 1
+        if length > MAX_CATEGORICAL_CHARS:
+            break
+        kept.append(item_id)
+    return kept
 
 
 class PersonalizeUnavailable(RuntimeError):
@@ -158,7 +210,7 @@ def personalize_event(
         else:
             log.info("event %s: properties over %d chars dropped", event_id, 1024)
     if impression:
-        event["impression"] = impression[:MAX_IMPRESSION_IDS]
+        event["impression"] = impression_ids(impression)
     return event
 
 
@@ -218,12 +270,27 @@ class PersonalizeClient:
         breaker: CircuitBreaker | None = None,
         events_breaker: CircuitBreaker | None = None,
         page_budget: PageBudget | None = None,
+        user_campaign_arn: str = "",
+        dismissed_filter_arn: str = "",
+        items_dataset_arn: str = "",
+        users_dataset_arn: str = "",
+        deletion: "DeletionTarget | None" = None,
+        admin_client: Any = None,
+        s3_client: Any = None,
     ):
         self.campaign_arn = campaign_arn
         self.sims_campaign_arn = sims_campaign_arn
         self.tracking_id = tracking_id
+        self.user_campaign_arn = user_campaign_arn
+        self.dismissed_filter_arn = dismissed_filter_arn
+        self.items_dataset_arn = items_dataset_arn
+        self.users_dataset_arn = users_dataset_arn
+        self.deletion = deletion
         self.runtime = runtime_client
         self.events = events_client
+        # The control plane (data deletion jobs) and S3 (their input files).
+        self.admin = admin_client
+        self.s3 = s3_client
         # Separate circuits: a streaming problem must not switch off re-ranking.
         self.breaker = breaker or CircuitBreaker()
         self.events_breaker = events_breaker or CircuitBreaker()
@@ -252,10 +319,22 @@ class PersonalizeClient:
                 ),
             )
 
+        deletion = DeletionTarget.from_config(config)
         return cls(
             campaign_arn=config["AWS_PERSONALIZE_CAMPAIGN_ARN"],
             sims_campaign_arn=config["AWS_PERSONALIZE_SIMS_CAMPAIGN_ARN"],
             tracking_id=config["AWS_PERSONALIZE_TRACKING_ID"],
+            user_campaign_arn=config["AWS_PERSONALIZE_USER_CAMPAIGN_ARN"],
+            dismissed_filter_arn=config["AWS_PERSONALIZE_DISMISSED_FILTER_ARN"],
+            items_dataset_arn=config["AWS_PERSONALIZE_ITEMS_DATASET_ARN"],
+            users_dataset_arn=config["AWS_PERSONALIZE_USERS_DATASET_ARN"],
+            deletion=deletion,
+            admin_client=client("personalize", config["AWS_PERSONALIZE_MAX_ATTEMPTS"])
+            if deletion
+            else None,
+            s3_client=boto3.client("s3", region_name=config["AWS_REGION"])
+            if deletion
+            else None,
             # A retry on the page path would double a slow answer's wait; the
             # breaker and the local order handle failures instead.
             runtime_client=client("personalize-runtime", 1),
@@ -384,6 +463,99 @@ class PersonalizeClient:
             for entry in response.get("itemList", [])
         ]
 
+    def user_recommendations(
+        self, user_id: str, kind: str, limit: int
+    ) -> list[tuple[str, float]] | None:
+        """Items of one kind for a visitor from the user-personalization campaign,
+        dismissed ones filtered out; None when not configured or on failure.
+
+        The filter's expression takes the kind as $ITEM_TYPE (see the README).
+        """
+        self._failure.reason = None
+        if not self.user_campaign_arn:
+            return None
+        request: dict[str, Any] = {
+            "campaignArn": self.user_campaign_arn,
+            "userId": user_id,
+            "numResults": max(1, min(limit, MAX_RESULTS)),
+        }
+        if self.dismissed_filter_arn:
+            request["filterArn"] = self.dismissed_filter_arn
+            request["filterValues"] = {"ITEM_TYPE": json.dumps(kind)}
+        try:
+            response = self._page_call(
+                "GetRecommendations",
+                lambda: self.runtime.get_recommendations(**request),
+            )
+        except PersonalizeUnavailable:
+            return None
+        return [
+            (entry["itemId"], float(entry.get("score", 0.0)))
+            for entry in response.get("itemList", [])
+        ]
+
+    def put_items(self, items: list[dict]) -> int:
+        """Add or replace Items dataset records, 10 a call; raise if refused."""
+        return self._put_records("PutItems", self.items_dataset_arn, "items", items)
+
+    def put_users(self, users: list[dict]) -> int:
+        """Add or replace Users dataset records, 10 a call; raise if refused."""
+        return self._put_records("PutUsers", self.users_dataset_arn, "users", users)
+
+    def _put_records(
+        self, operation: str, dataset_arn: str, field: str, records: list[dict]
+    ) -> int:
+        if not dataset_arn:
+            raise PersonalizeUnavailable(
+                f"no dataset ARN is set for {operation}", "not_configured"
+            )
+        call = getattr(self.events, f"put_{field}")
+        for start in range(0, len(records), MAX_RECORDS_PER_CALL):
+            chunk = records[start : start + MAX_RECORDS_PER_CALL]
+            self._call(
+                operation,
+                lambda chunk=chunk: call(datasetArn=dataset_arn, **{field: chunk}),
+                self.events_breaker,
+            )
+        return len(records)
+
+    def delete_users(self, user_ids: list[str], job_name: str) -> str:
+        """Erase visitors from the dataset group: write their ids as a CSV to S3,
+        then start a data deletion job on it; return the job's ARN."""
+        target = self.deletion
+        if target is None:
+            raise PersonalizeUnavailable(
+                "Personalize data deletion is not configured", "not_configured"
+            )
+        if not user_ids:
+            raise ValueError("a data deletion job needs at least one user id")
+        body = io.StringIO()
+        writer = csv.writer(body, lineterminator="\n")
+        writer.writerow(["USER_ID"])
+        writer.writerows([user_id] for user_id in user_ids)
+        key = f"{target.prefix}{job_name}.csv"
+        self._call(
+            "PutObject",
+            lambda: self.s3.put_object(
+                Bucket=target.bucket,
+                Key=key,
+                Body=body.getvalue().encode(),
+                ContentType="text/csv",
+            ),
+            self.events_breaker,
+        )
+        response = self._call(
+            "CreateDataDeletionJob",
+            lambda: self.admin.create_data_deletion_job(
+                jobName=job_name,
+                datasetGroupArn=target.dataset_group_arn,
+                dataSource={"dataLocation": f"s3://{target.bucket}/{key}"},
+                roleArn=target.role_arn,
+            ),
+            self.events_breaker,
+        )
+        return response.get("dataDeletionJobArn", "")
+
     def put_events(self, user_id: str, session_id: str, events: list[dict]) -> None:
         """Send up to 10 events of one visitor session; raise if not accepted."""
         if not self.tracking_id:
@@ -402,3 +574,27 @@ class PersonalizeClient:
             ),
             self.events_breaker,
         )
+
+
+@dataclass(frozen=True)
+class DeletionTarget:
+    """Where "forget me" reaches Personalize: the dataset group, the S3 bucket
+    and key prefix the user-id CSV is written to, and the role that reads it."""
+
+    dataset_group_arn: str
+    bucket: str
+    prefix: str
+    role_arn: str
+
+    @classmethod
+    def from_config(cls, config) -> "DeletionTarget | None":
+        """The target when all of its settings are given, else None."""
+        target = cls(
+            config["AWS_PERSONALIZE_DATASET_GROUP_ARN"],
+            config["AWS_PERSONALIZE_DELETION_BUCKET"],
+            config["AWS_PERSONALIZE_DELETION_PREFIX"],
+            config["AWS_PERSONALIZE_ROLE_ARN"],
+        )
+        if target.dataset_group_arn and target.bucket and target.role_arn:
+            return target
+        return None

@@ -3,7 +3,9 @@ CSV, with the Avro schema of each, streamed so memory stays flat."""
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -13,6 +15,7 @@ from models import (
     Doctor,
     Package,
     Procedure,
+    RecommendationImpression,
     UserCategoryAffinity,
     UserInteraction,
     as_utc,
@@ -21,13 +24,18 @@ from models import (
 )
 from personalization.events import ITEM_KINDS, ItemKey
 from personalization.settings import Settings
+from personalize_client import (
+    PersonalizeClient,
+    impression_ids,
+    personalize_event_type,
+)
 
 STREAM_ROWS = 5000
 # Personalize separates the values of a multi-valued categorical field with "|".
 MULTI_VALUE_SEPARATOR = "|"
 
 
-def avro_schema(name: str, fields: list[tuple[str, str, bool]]) -> dict:
+def avro_schema(name: str, fields: list[tuple[str, str | list, bool]]) -> dict:
     """A Personalize dataset schema: Avro, fields as (name, type, categorical)."""
     return {
         "type": "record",
@@ -54,6 +62,7 @@ SCHEMAS = {
             ("TIMESTAMP", "long", False),
             ("EVENT_TYPE", "string", False),
             ("EVENT_VALUE", "float", False),
+            ("IMPRESSION", ["null", "string"], False),
         ],
     ),
     "items": avro_schema(
@@ -77,8 +86,43 @@ def stream(session, statement) -> Iterator:
     yield from result
 
 
+def shown_lists(
+    session, list_ids: Iterable[str | None]
+) -> dict[str, tuple[str, list[str]]]:
+    """Recommendation lists by id: whom each was shown to, and its item ids
+    ("procedure:12") in the order shown (personalization/impressions.py)."""
+    wanted = sorted({list_id for list_id in list_ids if list_id})
+    found: dict[str, tuple[str, list[str]]] = {}
+    shown = RecommendationImpression
+    for start in range(0, len(wanted), 500):
+        rows = session.execute(
+            select(shown.id, shown.user_id, shown.item_kind, shown.items).where(
+                shown.id.in_(wanted[start : start + 500])
+            )
+        )
+        for list_id, user_id, kind, items in rows:
+            found[list_id] = (
+                user_id,
+                [str(ItemKey(kind, entry[0])) for entry in json.loads(items)],
+            )
+    return found
+
+
+def list_id_in(extra_data: str | None) -> str | None:
+    """The list_id an interaction's stored metadata names, if any."""
+    if not extra_data or '"list_id"' not in extra_data:
+        return None
+    try:
+        list_id = json.loads(extra_data).get("list_id")
+    except (ValueError, AttributeError):
+        return None
+    return list_id if isinstance(list_id, str) else None
+
+
 def interaction_rows(session, settings: Settings) -> Iterator[list]:
-    """Interactions with a catalog item, as Personalize reads them."""
+    """Interactions with a catalog item, as Personalize reads them: the mapped
+    EVENT_TYPE, the weight as EVENT_VALUE, and for an event on a recommended
+    card the list it was shown in as IMPRESSION ("procedure:12|procedure:7")."""
     log = UserInteraction
     statement = (
         select(
@@ -87,20 +131,30 @@ def interaction_rows(session, settings: Settings) -> Iterator[list]:
             log.target_id,
             log.timestamp,
             log.interaction_type,
+            log.extra_data,
         )
         .where(log.target_type.in_(ITEM_KINDS))
         .order_by(log.id)
     )
-    for visitor_id, kind, item_id, stamp, interaction_type in stream(
-        session, statement
-    ):
-        yield [
-            visitor_id,
-            str(ItemKey(kind, item_id)),
-            int(as_utc(stamp).timestamp()),
-            interaction_type,
-            settings.weight(interaction_type),
-        ]
+    rows = stream(session, statement)
+    while chunk := list(islice(rows, STREAM_ROWS)):
+        lists = shown_lists(session, (list_id_in(row[5]) for row in chunk))
+        for visitor_id, kind, item_id, stamp, interaction_type, extra in chunk:
+            value = settings.weight(interaction_type)
+            event_type = personalize_event_type(interaction_type, value)
+            if not event_type:
+                continue
+            owner, shown = lists.get(list_id_in(extra), (None, []))
+            yield [
+                visitor_id,
+                str(ItemKey(kind, item_id)),
+                int(as_utc(stamp).timestamp()),
+                event_type,
+                value,
+                MULTI_VALUE_SEPARATOR.join(impression_ids(shown))
+                if owner == visitor_id
+                else "",
+            ]
 
 
 def item_rows(session) -> Iterator[list]:
@@ -136,15 +190,20 @@ def item_rows(session) -> Iterator[list]:
             ]
 
 
-def user_rows(session) -> Iterator[list]:
-    """Each visitor with their strongest category, Personalize's one user field."""
+def user_rows(session, since: datetime | None = None) -> Iterator[list]:
+    """Each visitor with their strongest category, Personalize's one user field
+    (only visitors whose interests changed since `since`, when given)."""
     affinity = UserCategoryAffinity
     rank = (
         func.row_number()
         .over(partition_by=affinity.user_id, order_by=affinity.affinity_score.desc())
         .label("rank")
     )
-    ranked = select(affinity.user_id, affinity.category_id, rank).subquery()
+    ranked = select(affinity.user_id, affinity.category_id, rank)
+    if since is not None:
+        changed = select(affinity.user_id).where(affinity.last_updated >= since)
+        ranked = ranked.where(affinity.user_id.in_(changed))
+    ranked = ranked.subquery()
     statement = (
         select(ranked.c.user_id, Category.slug)
         .join(Category, Category.id == ranked.c.category_id)
@@ -178,3 +237,38 @@ def export_datasets(session, settings: Settings, output_dir: Path) -> dict[str, 
         )
         written[name] = count
     return written
+
+
+def sync_catalog(
+    session, client: PersonalizeClient, users_since: datetime | None
+) -> dict[str, int]:
+    """Bring Personalize's Items and Users datasets up to date (PutItems and
+    PutUsers, 10 records a call): every catalog item with its type, categories
+    and creation time, and each visitor whose interests changed since
+    `users_since` with their top category. Raise PersonalizeUnavailable if a
+    call is refused; records are replaced by id, so a re-run is harmless."""
+    sent = {"items": 0, "users": 0}
+    if client.items_dataset_arn:
+        sent["items"] = client.put_items(
+            [
+                {
+                    "itemId": item_id,
+                    "properties": json.dumps(
+                        {
+                            "itemType": kind,
+                            "category": category,
+                            "creationTimestamp": created,
+                        }
+                    ),
+                }
+                for item_id, kind, category, created in item_rows(session)
+            ]
+        )
+    if client.users_dataset_arn:
+        sent["users"] = client.put_users(
+            [
+                {"userId": visitor_id, "properties": json.dumps({"topCategory": slug})}
+                for visitor_id, slug in user_rows(session, users_since)
+            ]
+        )
+    return sent

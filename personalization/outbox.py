@@ -1,6 +1,7 @@
 """The Personalize outbox: interactions queued in the same transaction as the log,
 then delivered with PutEvents, claimed so two workers never send one twice, and
-marked sent only once AWS accepted them, so an outage loses nothing."""
+marked sent only once AWS accepted them, so an outage loses nothing. "Forget me"
+queues a visitor's deletion the same way (a data deletion job)."""
 
 import json
 import secrets
@@ -14,17 +15,22 @@ from sqlalchemy import case, func, insert, select, update
 
 from models import PersonalizeOutbox, as_utc
 from personalization.events import VisitorInteraction
+from personalization.export import shown_lists
 from personalization.settings import Settings
 from personalize_client import (
     MAX_EVENTS_PER_CALL,
-    MAX_IMPRESSION_IDS,
     PersonalizeClient,
     PersonalizeUnavailable,
+    impression_ids,
     personalize_event,
+    personalize_event_type,
 )
 
 # An event Personalize refused this many times is left out (a dead letter).
+# Deletions never are: they are retried until a job is accepted.
 MAX_ATTEMPTS = 10
+# The event_type of an outbox row that asks Personalize to delete its user_id.
+DELETE_USER = "delete_user"
 # A claim older than this belongs to a sync that died; others may take the rows.
 CLAIM_TIMEOUT = timedelta(minutes=5)
 
@@ -59,28 +65,58 @@ class Outbox:
         self.table = PersonalizeOutbox.__table__
 
     def queue(self, entries: list[VisitorInteraction], now: datetime) -> None:
-        """Queue interactions with catalog items for streaming to Personalize."""
-        rows = [
-            {
-                "user_id": entry.visitor_id,
-                "session_id": entry.session_id,
-                "event_type": entry.interaction.type,
-                "item_id": str(entry.interaction.item),
-                "event_value": self.settings.weight(entry.interaction.type),
-                "impression": json.dumps(
-                    [str(item) for item in entry.interaction.impression][
-                        :MAX_IMPRESSION_IDS
-                    ]
-                )
-                if entry.interaction.impression
-                else None,
-                "occurred_at": entry.interaction.occurred_at or now,
-            }
+        """Queue interactions with catalog items for streaming to Personalize.
+
+        Only those Personalize is given (personalize_event_type). The impression
+        is what the event lists (Amplitude's items_shown) or, for an event on a
+        card, the list the visitor was shown it in (its list_id).
+        """
+        weight = self.settings.weight
+        streamed = [
+            entry
             for entry in entries
-            if entry.interaction.item and entry.interaction.stream
+            if entry.interaction.item
+            and entry.interaction.stream
+            and personalize_event_type(
+                entry.interaction.type, weight(entry.interaction.type)
+            )
         ]
+        lists = shown_lists(
+            self.session, {list_id_of(entry.interaction.metadata) for entry in streamed}
+        )
+        rows = []
+        for entry in streamed:
+            interaction = entry.interaction
+            shown = [str(item) for item in interaction.impression]
+            owner, items = lists.get(list_id_of(interaction.metadata), (None, []))
+            if not shown and owner == entry.visitor_id:
+                shown = items
+            rows.append(
+                {
+                    "user_id": entry.visitor_id,
+                    "session_id": entry.session_id,
+                    "event_type": interaction.type,
+                    "item_id": str(interaction.item),
+                    "event_value": weight(interaction.type),
+                    "impression": json.dumps(impression_ids(shown)) if shown else None,
+                    "occurred_at": interaction.occurred_at or now,
+                }
+            )
         if rows:
             self.session.execute(insert(PersonalizeOutbox), rows)
+
+    def queue_deletion(self, visitor_id: str, now: datetime) -> None:
+        """Queue a visitor's erasure from Personalize (a data deletion job)."""
+        self.session.execute(
+            insert(PersonalizeOutbox).values(
+                user_id=visitor_id,
+                session_id="",
+                event_type=DELETE_USER,
+                item_id="",
+                event_value=0.0,
+                occurred_at=now,
+            )
+        )
 
     def claim(self, max_events: int, now: datetime) -> str:
         """Claim the oldest deliverable events with a fresh token; return it."""
@@ -88,7 +124,10 @@ class Outbox:
         token = secrets.token_hex(16)
         claimable = (
             outbox.c.sent_at.is_(None)
-            & (outbox.c.attempts < MAX_ATTEMPTS)
+            & (
+                (outbox.c.attempts < MAX_ATTEMPTS)
+                | (outbox.c.event_type == DELETE_USER)
+            )
             & (
                 outbox.c.claimed_at.is_(None)
                 | (outbox.c.claimed_at < now - CLAIM_TIMEOUT)
@@ -107,11 +146,19 @@ class Outbox:
         at most 10 (PutEvents' limit)."""
         outbox = self.table
         rows = self.session.execute(
-            select(outbox).where(outbox.c.claim_token == token).order_by(outbox.c.id)
+            select(outbox)
+            .where(outbox.c.claim_token == token, outbox.c.event_type != DELETE_USER)
+            .order_by(outbox.c.id)
         ).all()
         sessions: dict[tuple[str, str], list] = defaultdict(list)
+        unsendable = []  # queued before a weight or the mapping changed
         for row in rows:
-            sessions[(row.user_id, row.session_id)].append(row)
+            if personalize_event_type(row.event_type, row.event_value):
+                sessions[(row.user_id, row.session_id)].append(row)
+            else:
+                unsendable.append(row.id)
+        if unsendable:
+            yield Delivery("", "", unsendable, [])
         for (visitor_id, session_id), session_rows in sessions.items():
             for start in range(0, len(session_rows), MAX_EVENTS_PER_CALL):
                 chunk = session_rows[start : start + MAX_EVENTS_PER_CALL]
@@ -122,7 +169,7 @@ class Outbox:
                     [
                         personalize_event(
                             str(row.id),
-                            row.event_type,
+                            personalize_event_type(row.event_type, row.event_value),
                             row.item_id,
                             row.event_value,
                             as_utc(row.occurred_at),
@@ -133,6 +180,20 @@ class Outbox:
                         for row in chunk
                     ],
                 )
+
+    def deletions(self, token: str) -> list[tuple[int, str]]:
+        """The claimed deletions: (row id, visitor id), oldest first."""
+        outbox = self.table
+        return [
+            (row_id, user_id)
+            for row_id, user_id in self.session.execute(
+                select(outbox.c.id, outbox.c.user_id)
+                .where(
+                    outbox.c.claim_token == token, outbox.c.event_type == DELETE_USER
+                )
+                .order_by(outbox.c.id)
+            )
+        ]
 
     def mark_sent(self, delivery: Delivery, now: datetime) -> None:
         self.session.execute(
@@ -147,6 +208,31 @@ class Outbox:
             .where(self.table.c.id.in_(delivery.ids))
             .values(attempts=self.table.c.attempts + 1)
         )
+
+    def delete_users(
+        self,
+        client: PersonalizeClient,
+        token: str,
+        now: datetime,
+        committed: Callable[[], AbstractContextManager],
+        clock: Callable[[], datetime],
+    ) -> tuple[int, int]:
+        """Start one data deletion job for every claimed deletion; return how
+        many visitors it names and whether it failed (0 or 1)."""
+        claimed = self.deletions(token) if client.deletion else []
+        if not claimed:
+            return 0, 0
+        ids = [row_id for row_id, _ in claimed]
+        job_name = f"antidote-forget-{now:%Y%m%d%H%M%S}-{token[:8]}"
+        try:
+            client.delete_users(sorted({user for _, user in claimed}), job_name)
+        except PersonalizeUnavailable:
+            with committed():
+                self.mark_failed(Delivery("", "", ids, []))
+            return 0, 1
+        with committed():
+            self.mark_sent(Delivery("", "", ids, []), clock())
+        return len(claimed), 0
 
     def deliver(
         self,
@@ -168,6 +254,10 @@ class Outbox:
             token = self.claim(max_events, now)
         sent = failed = 0
         for delivery in self.deliveries(token):
+            if not delivery.events:  # nothing Personalize is given: done
+                with committed():
+                    self.mark_sent(delivery, clock())
+                continue
             try:
                 client.put_events(
                     delivery.visitor_id, delivery.session_id, delivery.events
@@ -180,9 +270,17 @@ class Outbox:
             with committed():
                 self.mark_sent(delivery, clock())
             sent += len(delivery.ids)
+        deleted, deletion_failed = self.delete_users(
+            client, token, now, committed, clock
+        )
         with committed():
             self.release(token)
-        return {"sent": sent, "pending": self.pending(), "failed": failed}
+        return {
+            "sent": sent,
+            "pending": self.pending(),
+            "failed": failed or deletion_failed,
+            "deleted": deleted,
+        }
 
     def release(self, token: str) -> None:
         """Give back what a run claimed but did not send, for the next run."""
@@ -200,7 +298,9 @@ class Outbox:
     def backlog(self) -> "Backlog":
         """Unsent events, in one query: those still to deliver (and since when),
         and dead letters (refused MAX_ATTEMPTS times, never tried again)."""
-        dead = self.table.c.attempts >= MAX_ATTEMPTS
+        dead = (self.table.c.attempts >= MAX_ATTEMPTS) & (
+            self.table.c.event_type != DELETE_USER
+        )
         unsent, dead_letters, oldest = self.session.execute(
             select(
                 func.count(),
@@ -209,3 +309,9 @@ class Outbox:
             ).where(self.table.c.sent_at.is_(None))
         ).one()
         return Backlog(unsent - dead_letters, dead_letters, oldest)
+
+
+def list_id_of(metadata: dict | None) -> str | None:
+    """The recommendation list an event's card came from, if it names one."""
+    list_id = (metadata or {}).get("list_id")
+    return list_id if isinstance(list_id, str) else None

@@ -21,6 +21,7 @@ from personalization.events import ItemKey
 from personalization.experiment import Experiment
 from personalization.impressions import Impressions
 from personalization.items import Items
+from personalization.outbox import Outbox
 from personalization.preferences import Preferences
 from personalization.settings import Settings
 from personalization.statistics import decayed
@@ -36,6 +37,7 @@ class Privacy:
         impressions: Impressions,
         preferences: Preferences,
         experiment: Experiment,
+        personalize_outbox: Outbox | None = None,
     ):
         self.session = session
         self.settings = settings
@@ -44,6 +46,9 @@ class Privacy:
         self.impressions = impressions
         self.preferences = preferences
         self.experiment = experiment
+        # Set when Personalize data deletion is configured: "forget me" queues
+        # the visitor's erasure there too.
+        self.personalize_outbox = personalize_outbox
 
     def summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
@@ -166,7 +171,9 @@ class Privacy:
         """Delete every interaction, affinity, consultation request, preference,
         impression and experiment assignment of the visitor; count the first three.
 
-        Events still waiting for Personalize go too: erasure reaches the outbox.
+        Events still waiting for Personalize go too: erasure reaches the outbox;
+        and with Personalize data deletion configured, a deletion of the visitor
+        is queued there (a data deletion job, sent by the outbox's delivery).
         """
         interactions = self.session.execute(
             delete(UserInteraction).where(UserInteraction.user_id == visitor_id)
@@ -179,6 +186,8 @@ class Privacy:
         self.session.execute(
             delete(PersonalizeOutbox).where(PersonalizeOutbox.user_id == visitor_id)
         )
+        if self.personalize_outbox:
+            self.personalize_outbox.queue_deletion(visitor_id, utcnow())
         requests = self.session.execute(
             delete(ConsultationRequest).where(ConsultationRequest.user_id == visitor_id)
         ).rowcount

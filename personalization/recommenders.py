@@ -500,10 +500,12 @@ class Recommenders:
     covisitation: BlendRecommender
     blend: BlendRecommender
     personalize: PersonalizeRecommender | None = None
+    # The user-personalization campaign (personalization/personalize.py).
+    user_campaign: Recommender | None = None
 
     @property
     def served(self) -> Recommender:
-        return self.personalize or self.blend
+        return self.user_campaign or self.personalize or self.blend
 
     def for_algorithm(self, algorithm: str) -> Recommender:
         """The recommender an ALGORITHMS name stands for."""
@@ -518,6 +520,8 @@ class Recommenders:
         found = [self.popular, self.category_affinity, self.covisitation, self.blend]
         if self.personalize and self.personalize.adapter.enabled:
             found.append(self.personalize)  # a ranking campaign to measure
+        if self.user_campaign:
+            found.append(self.user_campaign)
         return {recommender.name: recommender for recommender in found}
 
 

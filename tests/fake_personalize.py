@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakePersonalize:
-    """Answers GetPersonalizedRanking, GetRecommendations and PutEvents.
+    """Answers GetPersonalizedRanking, GetRecommendations (similar items, or a
+    user's with `recommend`), PutEvents, PutItems and PutUsers.
 
     `mode` picks the behaviour: "ok", "slow" (answers after `delay` seconds),
     "error" (HTTP 500) or "throttle" (ThrottlingException). In "ok" mode a ranking
@@ -25,6 +26,9 @@ class FakePersonalize:
         self.similar: list[str] = []
         self.rank = None
         self.similar_to = None
+        # A user campaign: recommend(user_id, kind) -> item ids (the kind is the
+        # filter's $ITEM_TYPE value, "" without a filter).
+        self.recommend = None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +58,22 @@ class FakePersonalize:
                             "personalizedRanking": [
                                 {"itemId": item, "score": round(1 / (i + 1), 4)}
                                 for i, item in enumerate(ranked)
+                            ]
+                        },
+                    )
+                if self.path == "/recommendations" and "userId" in body:
+                    kind = json.loads(
+                        body.get("filterValues", {}).get("ITEM_TYPE", '""')
+                    )
+                    found = (
+                        fake.recommend(body["userId"], kind) if fake.recommend else []
+                    )
+                    return self.reply(
+                        200,
+                        {
+                            "itemList": [
+                                {"itemId": item, "score": round(1 / (i + 1), 4)}
+                                for i, item in enumerate(found[: body["numResults"]])
                             ]
                         },
                     )

@@ -342,7 +342,7 @@ def test_put_events_request_matches_the_api_model(database_url, catalog):
                 client_of(app)
             )
         stub.assert_no_pending_responses()
-    assert result == {"sent": 1, "pending": 0, "failed": 0}
+    assert result == {"sent": 1, "pending": 0, "failed": 0, "deleted": 0}
 
 
 def test_parallel_syncs_never_send_an_event_twice(database_url, catalog):
@@ -424,6 +424,7 @@ def test_export_writes_personalize_datasets(catalog, runner, tmp_path):
         "TIMESTAMP",
         "EVENT_TYPE",
         "EVENT_VALUE",
+        "IMPRESSION",
     ]
     assert [r[1] for r in interactions[1:]] == [
         f"procedure:{botox}",

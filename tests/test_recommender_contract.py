@@ -6,8 +6,9 @@ group B those of category B (B is the more popular). A test visitor of each grou
 has seen two of their group's procedures; the third, co-visited by the whole
 group, is the known best next item. Popularity, knowing no one, must still put the
 most popular unseen item first. The fake Personalize (a real boto3 client against
-tests/fake_personalize.py) ranks a visitor's own group first, as a trained
-campaign would.
+tests/fake_personalize.py; botocore validates every request against the API
+model before it leaves) ranks a visitor's own group first, as a trained campaign
+would, and its user campaign recommends the visitor's group.
 """
 
 import pytest
@@ -25,10 +26,13 @@ RECOMMENDERS = [
     "co-visitation",
     "blended (served)",
     "personalize",
+    "personalize (user)",
 ]
 KINDS = ("category", "procedure", "doctor")
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"
 SIMS = "arn:aws:personalize:us-east-1:123456789012:campaign/sims"
+USER_CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/user"
+DISMISSED = "arn:aws:personalize:us-east-1:123456789012:filter/not-dismissed"
 
 # Group -> its category, procedures and doctor.
 GROUPS = {
@@ -54,6 +58,20 @@ def group_of(key: str) -> str | None:
 def rank_by_group(user_id: str, items: list[str]) -> list[str]:
     """The fake campaign's model: the visitor's own group first, order kept."""
     return sorted(items, key=lambda item: group_of(item) != group_of(user_id))
+
+
+def recommend_in_group(user_id: str, kind: str) -> list[str]:
+    """The fake user campaign: the items of the visitor's group, of the kind the
+    filter names, as a trained campaign with its filter would give them."""
+    group = group_of(user_id)
+    if group is None:
+        return []
+    members = GROUPS[group]
+    return {
+        "category": [f"category:{members['category']}"],
+        "procedure": [f"procedure:{pid}" for pid in members["procedures"]],
+        "doctor": [f"doctor:{members['doctor']}"],
+    }.get(kind, [])
 
 
 def similar_in_group(item_id: str) -> list[str]:
@@ -135,6 +153,7 @@ def fake_personalize():
     fake = FakePersonalize().start()
     fake.rank = rank_by_group
     fake.similar_to = similar_in_group
+    fake.recommend = recommend_in_group
     yield fake
     fake.stop()
 
@@ -152,6 +171,8 @@ def checkerboard(database_url, fake_personalize):
                 AWS_PERSONALIZE_ENABLED=True,
                 AWS_PERSONALIZE_CAMPAIGN_ARN=CAMPAIGN,
                 AWS_PERSONALIZE_SIMS_CAMPAIGN_ARN=SIMS,
+                AWS_PERSONALIZE_USER_CAMPAIGN_ARN=USER_CAMPAIGN,
+                AWS_PERSONALIZE_DISMISSED_FILTER_ARN=DISMISSED,
                 AWS_PERSONALIZE_ENDPOINT_URL=fake_personalize.url,
                 AWS_PERSONALIZE_READ_TIMEOUT=5,
             )
@@ -288,3 +309,19 @@ def test_the_known_best_item_comes_first(checkerboard, name, group, kind):
     answers = BEST["popular" if name == "popular" else "personal"][group]
     found = ask(checkerboard, name, TESTED[group], kind, 5, seen_by(group))
     assert found[0].item == ItemKey(kind, answers[kind])
+
+
+def test_the_user_campaign_answers_through_the_dismissed_filter(
+    checkerboard, fake_personalize
+):
+    """The user-personalization recommender's first items are the campaign's,
+    asked for with the filter and the kind as its $ITEM_TYPE."""
+    found = ask(checkerboard, "personalize (user)", TESTED["a"], "procedure", 5)
+    assert [entry.source for entry in found[:4]] == ["personalize"] * 4
+    asked = [
+        body for body in fake_personalize.calls("/recommendations") if "userId" in body
+    ][-1]
+    assert asked["campaignArn"] == USER_CAMPAIGN
+    assert asked["userId"] == TESTED["a"]
+    assert asked["filterArn"] == DISMISSED
+    assert asked["filterValues"] == {"ITEM_TYPE": '"procedure"'}
