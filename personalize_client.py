@@ -329,7 +329,12 @@ class PersonalizeClient:
             items_dataset_arn=config["AWS_PERSONALIZE_ITEMS_DATASET_ARN"],
             users_dataset_arn=config["AWS_PERSONALIZE_USERS_DATASET_ARN"],
             deletion=deletion,
-            admin_client=client("personalize", config["AWS_PERSONALIZE_MAX_ATTEMPTS"])
+            # Off the page path (sync-events): boto3's own timeouts and retries.
+            admin_client=boto3.client(
+                "personalize",
+                region_name=config["AWS_REGION"],
+                endpoint_url=config["AWS_PERSONALIZE_ENDPOINT_URL"] or None,
+            )
             if deletion
             else None,
             s3_client=boto3.client("s3", region_name=config["AWS_REGION"])

@@ -195,17 +195,15 @@ class Outbox:
             )
         ]
 
-    def mark_sent(self, delivery: Delivery, now: datetime) -> None:
+    def mark_sent(self, ids: list[int], now: datetime) -> None:
         self.session.execute(
-            update(self.table)
-            .where(self.table.c.id.in_(delivery.ids))
-            .values(sent_at=now)
+            update(self.table).where(self.table.c.id.in_(ids)).values(sent_at=now)
         )
 
-    def mark_failed(self, delivery: Delivery) -> None:
+    def mark_failed(self, ids: list[int]) -> None:
         self.session.execute(
             update(self.table)
-            .where(self.table.c.id.in_(delivery.ids))
+            .where(self.table.c.id.in_(ids))
             .values(attempts=self.table.c.attempts + 1)
         )
 
@@ -228,10 +226,10 @@ class Outbox:
             client.delete_users(sorted({user for _, user in claimed}), job_name)
         except PersonalizeUnavailable:
             with committed():
-                self.mark_failed(Delivery("", "", ids, []))
+                self.mark_failed(ids)
             return 0, 1
         with committed():
-            self.mark_sent(Delivery("", "", ids, []), clock())
+            self.mark_sent(ids, clock())
         return len(claimed), 0
 
     def deliver(
@@ -249,6 +247,7 @@ class Outbox:
         nothing and a later run does not resend it; only a crash between AWS's
         answer and that commit sends one call twice (at least once, never lost).
         The first refusal stops the run; the rest stays queued for the next.
+        Then the deletions it claimed go as one data deletion job (delete_users).
         """
         with committed():
             token = self.claim(max_events, now)
@@ -256,7 +255,7 @@ class Outbox:
         for delivery in self.deliveries(token):
             if not delivery.events:  # nothing Personalize is given: done
                 with committed():
-                    self.mark_sent(delivery, clock())
+                    self.mark_sent(delivery.ids, clock())
                 continue
             try:
                 client.put_events(
@@ -264,11 +263,11 @@ class Outbox:
                 )
             except PersonalizeUnavailable:
                 with committed():
-                    self.mark_failed(delivery)
+                    self.mark_failed(delivery.ids)
                 failed = 1
                 break
             with committed():
-                self.mark_sent(delivery, clock())
+                self.mark_sent(delivery.ids, clock())
             sent += len(delivery.ids)
         deleted, deletion_failed = self.delete_users(
             client, token, now, committed, clock
