@@ -341,6 +341,29 @@ def test_sync_catalog_puts_items_and_users_ten_at_a_time(database_url, catalog):
     assert "Sent 128 items and 1 visitors." in result.output
 
 
+def test_sync_catalog_fails_loudly_when_personalize_refuses(database_url, catalog):
+    app = personalize_app(database_url, AWS_PERSONALIZE_ITEMS_DATASET_ARN=ITEMS)
+    with Stubber(client_of(app).events) as stub:
+        stub.add_client_error("put_items", "ResourceNotFoundException", 404)
+        result = app.test_cli_runner().invoke(args=["personalization", "sync-catalog"])
+    assert result.exit_code != 0
+    assert "Personalize refused a call" in result.output
+
+
+def test_a_card_of_someone_elses_list_carries_no_impression(database_url, catalog):
+    app = personalize_app(database_url)
+    botox = catalog_id(app, Procedure, "botox")
+    show_list(app, "a" * 32, [botox])
+    with app.app_context():
+        engine_of(app).record_interactions(
+            "b" * 32,
+            "s",
+            [Interaction("click", ItemKey("procedure", botox), {"list_id": LIST_ID})],
+        )
+        impression = db.session.scalar(select(PersonalizeOutbox.impression))
+    assert impression is None
+
+
 def test_sync_catalog_explains_when_no_dataset_is_set(runner):
     result = runner.invoke(args=["personalization", "sync-catalog"])
     assert result.exit_code != 0
