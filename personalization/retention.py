@@ -16,6 +16,7 @@ from models import (
     VisitorPreference,
     WebhookEventKey,
 )
+from personalization.outbox import DELETE_USER
 from personalization.settings import Settings
 from personalization.statistics import Affinity
 
@@ -68,12 +69,17 @@ class Retention:
                 )
                 .order_by(affinity.c.id),
             ),
-            # Delivered, waiting or refused for good: past the period, all go.
+            # Delivered, waiting or refused for good: past the period, all go;
+            # except a "forget me" not yet carried out in Personalize, which must
+            # outlive the period until it is (it names no interest, only who).
             RetentionTask(
                 "Personalize events",
                 PersonalizeOutbox,
                 select(outbox.c.id)
-                .where((outbox.c.occurred_at < cutoff) | (outbox.c.sent_at < cutoff))
+                .where(
+                    (outbox.c.occurred_at < cutoff) | (outbox.c.sent_at < cutoff),
+                    (outbox.c.event_type != DELETE_USER) | (outbox.c.sent_at < cutoff),
+                )
                 .order_by(outbox.c.id),
             ),
             RetentionTask(

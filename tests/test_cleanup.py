@@ -264,3 +264,29 @@ def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, cat
         "recommendation_impressions": 1,
         "experiment_assignments": 1,
     }
+
+
+def test_a_forget_me_not_yet_sent_to_personalize_outlives_the_period(catalog, runner):
+    from models import PersonalizeOutbox
+    from personalization.outbox import DELETE_USER
+
+    old = utcnow() - timedelta(days=400)
+    with catalog.app_context():
+        for sent_at in (None, old):
+            db.session.add(
+                PersonalizeOutbox(
+                    user_id="v" * 32,
+                    session_id="forget",
+                    event_type=DELETE_USER,
+                    item_id="",
+                    event_value=0.0,
+                    occurred_at=old,
+                    sent_at=sent_at,
+                )
+            )
+        db.session.commit()
+    result = runner.invoke(args=["personalization", "cleanup"])
+    assert result.exit_code == 0, result.output
+    with catalog.app_context():
+        left = db.session.scalars(select(PersonalizeOutbox.sent_at)).all()
+    assert left == [None]  # the delivered one went; the pending one waits
