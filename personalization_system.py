@@ -91,7 +91,9 @@ class PersonalizationSystem:
             settings, self.items, self.popularity, self.covisitation, personalize
         )
         self.recommenders = with_user_campaign(recommenders, personalize, self.items)
-        self.sections = Sections(self.items, self.recommenders.served)
+        self.sections = Sections(
+            self.items, self.recommenders.served, settings.max_per_category
+        )
         self.outbox = Outbox(session, settings)
         self.ingest = Ingest(
             session,

@@ -4,7 +4,7 @@ disliked last, put doctors of the visitor's chosen city first, load the catalog
 items the page shows and say why each is there."""
 
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -97,18 +97,65 @@ class HomeSections:
     popular_in_city: Ranking | None
 
 
+# The top of a list that diversity spreads over categories ("a top 10").
+DIVERSE_TOP = 10
+# How much deeper than k a diversified list looks for items of other categories.
+DIVERSITY_POOL = 3
+
+
+class Diversity:
+    """At most `per_category` procedures of one category in a list's top
+    DIVERSE_TOP: the others wait, in their order, for the places after it.
+    0 changes nothing."""
+
+    def __init__(self, items: Items, per_category: int):
+        self.items = items
+        self.per_category = per_category
+
+    def applies(self, kind: str) -> bool:
+        return kind == "procedure" and self.per_category > 0
+
+    def __call__(self, scored: list[Scored], k: int) -> list[Scored]:
+        categories = self.items.procedure_candidates((), [s.item.id for s in scored])
+        return spread(scored, categories, self.per_category, k)
+
+
+def spread(
+    scored: list[Scored], category_of: dict[int, int], per_category: int, k: int
+) -> list[Scored]:
+    """The first k of `scored` with at most `per_category` of one category among
+    the first DIVERSE_TOP; scores capped so they never rise down the list."""
+    top: list[Scored] = []
+    rest: list[Scored] = []  # in their order: those that waited, and the others
+    counts: Counter = Counter()
+    for entry in scored:
+        category = category_of.get(entry.item.id)
+        if len(top) < DIVERSE_TOP and counts[category] < per_category:
+            top.append(entry)
+            counts[category] += 1
+        else:
+            rest.append(entry)
+    return non_increasing((top + rest)[:k])
+
+
 def page_list(
     recommender: Recommender,
     visitor: VisitorProfile,
     kind: str,
     k: int,
     exclude: frozenset[ItemKey] = frozenset(),
+    diversity: Diversity | None = None,
 ) -> list[Scored]:
     """What a page shows: the recommender's top k without the items the visitor
-    disliked, which go last, and only when nothing else is left. The offline
-    evaluation scores this same list."""
+    disliked, which go last, and only when nothing else is left; spread over
+    categories when `diversity` applies. The offline evaluation scores this same
+    list."""
     disliked = sorted(visitor.disliked_of(kind))
-    scored = recommender.recommend(visitor, kind, k, exclude=[*disliked, *exclude])
+    diverse = diversity is not None and diversity.applies(kind)
+    pool = k * DIVERSITY_POOL if diverse else k
+    scored = recommender.recommend(visitor, kind, pool, exclude=[*disliked, *exclude])
+    if diverse:
+        scored = diversity(scored, k)
     return scored + [
         Scored(item, 0.0, "disliked", FALLBACK) for item in disliked[: k - len(scored)]
     ]
@@ -142,9 +189,12 @@ def source_of(scored: list[Scored]) -> str:
 class Sections:
     """Builds the ranked sections pages and the JSON API show."""
 
-    def __init__(self, items: Items, recommender: Recommender):
+    def __init__(
+        self, items: Items, recommender: Recommender, max_per_category: int = 0
+    ):
         self.items = items
         self.recommender = recommender
+        self.diversity = Diversity(items, max_per_category)
 
     def section(
         self,
@@ -168,7 +218,7 @@ class Sections:
         )
         regional = kind == "doctor" and visitor.city
         pool = max(k, REGIONAL_POOL) if regional else k
-        scored = page_list(recommender, visitor, kind, pool, seen)
+        scored = page_list(recommender, visitor, kind, pool, seen, self.diversity)
         if regional:
             scored = nearby_first(scored, self.items.doctors_in(visitor.city), k)
         return self.load(kind, scored, visitor.city)

@@ -69,6 +69,9 @@ class Settings:
     # How long consultation requests are kept: long enough for the clinic to
     # follow up, then erased (personal data).
     consultation_retention_days: int = tunable(180, 1, None)
+    # At most this many procedures of one category in the top 10 of a list (0: no
+    # limit): variety at a cost in accuracy (BENCHMARKS.md measures it).
+    max_per_category: int = tunable(0, 0, 10)
     # Share of tracked visitors held out in the experiment's control arm, who see
     # popular lists only (0 turns the holdout off; see experiment.py).
     experiment_control_share: float = tunable(0.1, 0.0, 0.5)
