@@ -405,6 +405,22 @@ class ProcedureCovisitation(db.Model):
     visitors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+class ProcedureNeighbour(db.Model):
+    """A procedure's nearest neighbours by who interacted with both: cosine
+    similarity of their visitor sets, the best NEIGHBOURS_PER_ITEM per procedure,
+    rebuilt by `flask personalization refresh` (personalization/neighbours.py)."""
+
+    __tablename__ = "procedure_neighbours"
+
+    procedure_id: Mapped[int] = mapped_column(
+        ForeignKey("procedures.id", ondelete="CASCADE"), primary_key=True
+    )
+    neighbour_id: Mapped[int] = mapped_column(
+        ForeignKey("procedures.id", ondelete="CASCADE"), primary_key=True
+    )
+    similarity: Mapped[float] = mapped_column(Float)
+
+
 class PersonalizeOutbox(db.Model):
     """An interaction waiting to be streamed to AWS Personalize (PutEvents).
 

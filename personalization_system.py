@@ -38,6 +38,7 @@ from personalization.identity import Identity
 from personalization.impressions import Impressions
 from personalization.ingest import TRACKER, ExternalResult, Ingest, log_row
 from personalization.items import Items
+from personalization.neighbours import ProcedureNeighbours, with_neighbours
 from personalization.outbox import Backlog, Outbox
 from personalization.personalize import with_user_campaign
 from personalization.preferences import Preferences
@@ -47,6 +48,7 @@ from personalization.ranking import HomeSections, Ranking, Sections
 from personalization.recommenders import (
     HYBRID,
     PersonalizeAdapter,
+    Recommenders,
     build_recommenders,
 )
 from personalization.regions import CityRates, match_rates
@@ -87,10 +89,8 @@ class PersonalizationSystem:
         self.profiles = Profiles(
             session, settings, self.affinity, self.preferences, clock
         )
-        recommenders = build_recommenders(
-            settings, self.items, self.popularity, self.covisitation, personalize
-        )
-        self.recommenders = with_user_campaign(recommenders, personalize, self.items)
+        self.neighbours = ProcedureNeighbours(session, settings)
+        self.recommenders = wire_recommenders(self, personalize)
         self.sections = Sections(
             self.items, self.recommenders.served, settings.max_per_category
         )
@@ -333,15 +333,17 @@ class PersonalizationSystem:
     # Maintenance
 
     def refresh_statistics(self, now: datetime | None = None) -> dict[str, int]:
-        """Rebuild popularity and co-visitation from the log, exactly, in SQL."""
+        """Rebuild popularity, co-visitation and item neighbours from the log."""
         now = now or self.clock()
         with self.transaction():
             self.popularity.rebuild(now)
             self.covisitation.rebuild(now)
+            self.neighbours.rebuild(now)
         self.popularity.clear_cache()
         return {
             "item_popularity": self.popularity.size(),
             "procedure_covisitation": self.covisitation.size(),
+            "procedure_neighbours": self.neighbours.size(),
         }
 
     def sync_personalize_events(
@@ -410,6 +412,26 @@ class PersonalizationSystem:
             return evaluation.score_recommenders(
                 self.recommenders.by_name(), self.profiles.load, test, k, catalog_size
             )
+
+
+def wire_recommenders(
+    system: PersonalizationSystem, personalize: PersonalizeAdapter | None
+) -> Recommenders:
+    """Every recommender of a system, over its statistics: the local ones, the
+    user-personalization campaign when configured, and the item neighbours."""
+    built = build_recommenders(
+        system.settings,
+        system.items,
+        system.popularity,
+        system.covisitation,
+        personalize,
+    )
+    return with_neighbours(
+        with_user_campaign(built, personalize, system.items),
+        system.neighbours,
+        system.settings,
+        system.items,
+    )
 
 
 def replay_system(

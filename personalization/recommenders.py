@@ -502,6 +502,8 @@ class Recommenders:
     personalize: PersonalizeRecommender | None = None
     # The user-personalization campaign (personalization/personalize.py).
     user_campaign: Recommender | None = None
+    # Item neighbours (personalization/neighbours.py): measured, not yet served.
+    neighbours: Recommender | None = None
 
     @property
     def served(self) -> Recommender:
@@ -522,6 +524,8 @@ class Recommenders:
             found.append(self.personalize)  # a ranking campaign to measure
         if self.user_campaign:
             found.append(self.user_campaign)
+        if self.neighbours:
+            found.append(self.neighbours)
         return {recommender.name: recommender for recommender in found}
 
 

@@ -69,6 +69,18 @@ class Settings:
     # How long consultation requests are kept: long enough for the clinic to
     # follow up, then erased (personal data).
     consultation_retention_days: int = tunable(180, 1, None)
+    # Item neighbours (personalization/neighbours.py), rebuilt by refresh: days of
+    # the log they are counted from, each visitor's recent procedures that pair
+    # up, and neighbours kept per procedure.
+    neighbour_window_days: int = tunable(3650, 1, None)
+    neighbour_history: int = tunable(200, 1, 10_000)
+    neighbours_per_item: int = tunable(50, 1, 1000)
+    # Weight of popular procedures of the visitor's favourite categories in the
+    # neighbour ranking (0: none).
+    neighbour_category_weight: float = tunable(0.3, 0.0, 10.0)
+    # 1 where visitors come back to what they had (the neighbour ranking keeps
+    # their own items, scored by HISTORY_WEIGHT); 0 leaves them out.
+    repeat_consumption: int = tunable(0, 0, 1)
     # At most this many procedures of one category in the top 10 of a list (0: no
     # limit): variety at a cost in accuracy (BENCHMARKS.md measures it).
     max_per_category: int = tunable(0, 0, 10)

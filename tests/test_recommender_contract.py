@@ -27,6 +27,7 @@ RECOMMENDERS = [
     "blended (served)",
     "personalize",
     "personalize (user)",
+    "item neighbours",
 ]
 KINDS = ("category", "procedure", "doctor")
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"
@@ -180,6 +181,9 @@ def checkerboard(database_url, fake_personalize):
         with app.app_context():
             add_catalog()
             add_interactions(app.extensions["personalization"])
+            # Item neighbours are precomputed, as `flask personalization refresh`
+            # does on a schedule.
+            app.extensions["personalization"].refresh_statistics()
         yield app
         empty_all_tables(app)
 
