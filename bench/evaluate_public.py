@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -192,8 +193,12 @@ def load_csv(path: Path) -> tuple[list, list, list[VisitorInteraction], float]:
 # One log under one protocol
 
 
-def engine_grid(protocol: str) -> list[dict]:
+def engine_grid(protocol: str, span_days: int) -> list[dict]:
+    """The engine's candidate settings; windows as long as the log are one."""
     grid = dict(ENGINE_GRID)
+    grid["popularity_window_days"] = sorted(
+        {min(days, span_days) for days in grid["popularity_window_days"]}
+    )
     if protocol == "repeat-aware":
         grid |= ENGINE_REPEAT_GRID
     return [
@@ -240,7 +245,10 @@ def evaluate(name, loaded, protocol, k, tune_engine=True) -> dict:
             )
             return page_ranker(system.recommenders.blend, system.profiles.load)
 
-        best, tried = tune(served, engine_grid(protocol), validation, k, catalog)
+        stamps = [e.interaction.occurred_at for e in split.train]
+        span = math.ceil((max(stamps) - min(stamps)).total_seconds() / 86400)
+        grid = engine_grid(protocol, max(1, span))
+        best, tried = tune(served, grid, validation, k, catalog)
         replay = replay_system(
             categories, items, split, dataclasses.replace(settings, **best)
         )
@@ -316,6 +324,7 @@ ROW_ORDER = (
     "co-visitation",
     "blended (served)",
     "blended (tuned)",
+    "item neighbours",
     "MostPop",
     "own history (recency)",
     "ItemKNN",

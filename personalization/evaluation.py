@@ -90,16 +90,21 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 
 
 def coverage_and_error(
-    lists: list[list[int]], catalog_size: int, seed: int = 0
+    lists: list[list[int]],
+    catalog_size: int,
+    seed: int = 0,
+    rounds: int = BOOTSTRAP_ROUNDS,
 ) -> tuple[float, float]:
     """Share of the catalog that appears in some list, and its bootstrap standard
     error over the visitors (coverage is not a mean over visitors)."""
     if not catalog_size or not lists:
         return 0.0, 0.0
     coverage = len({item for found in lists for item in found}) / catalog_size
+    if rounds < 2:
+        return coverage, 0.0
     draw = random.Random(seed)
     samples = []
-    for _ in range(BOOTSTRAP_ROUNDS):
+    for _ in range(rounds):
         picked = draw.choices(lists, k=len(lists))
         samples.append(len({item for found in picked for item in found}))
     mean = sum(samples) / len(samples)
@@ -113,9 +118,11 @@ def score_rankings(
     k: int,
     catalog_size: int,
     exclude: Mapping[str, set[int]] | None = None,
+    resample: bool = True,
 ) -> dict[str, float]:
     """Rank for every test visitor, without the items `exclude` holds for them
-    (dropped again here, should a ranker return one); average the metrics."""
+    (dropped again here, should a ranker return one); average the metrics.
+    Without `resample`, coverage's standard error (a bootstrap) is left at 0."""
     exclude = exclude or {}
     values: dict[str, list[float]] = defaultdict(list)
     lists = []
@@ -135,7 +142,9 @@ def score_rankings(
         mean, error = mean_and_error(values[metric])
         row[f"{metric}@{k}"] = mean
         row[f"{metric}@{k}_se"] = error
-    row["coverage"], row["coverage_se"] = coverage_and_error(lists, catalog_size)
+    row["coverage"], row["coverage_se"] = coverage_and_error(
+        lists, catalog_size, rounds=BOOTSTRAP_ROUNDS if resample else 0
+    )
     row["ms_per_ranking"] = elapsed * 1000 / max(1, len(test))
     row["users"] = len(test)
     return row
@@ -257,7 +266,9 @@ def tune(
     tried = []
     for params in grid:
         rank = build(validation, params)
-        row = score_rankings(rank, validation.test, k, catalog_size, validation.exclude)
+        row = score_rankings(
+            rank, validation.test, k, catalog_size, validation.exclude, resample=False
+        )
         tried.append((params, row[f"ndcg@{k}"]))
     if not tried:
         raise ValueError("an empty grid")

@@ -138,3 +138,43 @@ def test_unknown_protocol_and_empty_log_are_refused():
         split_log(tiny_log(), "random", WEIGHTS)
     with pytest.raises(ValueError, match="empty"):
         split_log([], "temporal", WEIGHTS)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "protocols"),
+    [
+        ("ml-100k", ("leave-last-out", "temporal")),
+        ("taobao", ("leave-last-out", "temporal", "repeat-aware")),
+    ],
+)
+def test_the_public_logs_give_at_least_500_test_visitors(dataset, protocols):
+    """Both public logs, every protocol that applies to them: enough test visitors
+    for a standard error worth quoting, none of them tested on a training item
+    where seen items are left out, and a validation split as large."""
+    from helpers import shared_data
+
+    if dataset == "ml-100k":
+        shared_data("ml-100k", "u.data")
+    else:
+        shared_data("taobao-userbehavior-head", "UserBehavior_head.csv")
+    from bench import evaluate_public
+
+    loader = {
+        "ml-100k": evaluate_public.load_movielens,
+        "taobao": evaluate_public.load_taobao,
+    }[dataset]
+    _, _, events, relevant_from = loader()
+    for protocol in protocols:
+        split = split_log(events, protocol, WEIGHTS, relevant_from)
+        validation = validation_split(split, WEIGHTS, relevant_from)
+        assert len(split.test) >= 500, protocol
+        assert len(validation.test) >= 500, protocol
+        trained: dict[str, set[int]] = {}
+        for entry in split.train:
+            trained.setdefault(entry.visitor_id, set()).add(entry.interaction.item.id)
+        for visitor, items in split.test.items():
+            if protocol == "repeat-aware":
+                assert not split.exclude[visitor]
+            else:
+                assert split.exclude[visitor] == trained[visitor]
+                assert not items & trained[visitor]
