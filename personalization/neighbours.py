@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime, timedelta
+from itertools import combinations, groupby
 
 from sqlalchemy import bindparam, delete, func, insert, select
 
@@ -74,34 +75,25 @@ class ProcedureNeighbours:
             .group_by(log.c.user_id, log.c.target_id)
             .subquery()
         )
-        newest_first = (
-            func.row_number()
-            .over(partition_by=visits.c.user_id, order_by=visits.c.at.desc())
-            .label("place")
-        )
-        ranked = select(visits.c.user_id, visits.c.target_id, newest_first).subquery()
-        recent = (
-            select(ranked.c.user_id, ranked.c.target_id)
-            .where(ranked.c.place <= settings.neighbour_history)
-            .subquery()
-        )
-        visitors = dict(
-            self.session.execute(
-                select(recent.c.target_id, func.count()).group_by(recent.c.target_id)
-            ).all()
-        )
-        other = recent.alias("other")
-        shared = func.count().label("shared")
-        pairs = self.session.execute(
-            select(recent.c.target_id, other.c.target_id, shared)
-            .join(
-                other,
-                (other.c.user_id == recent.c.user_id)
-                & (other.c.target_id != recent.c.target_id),
+        # Each visitor's procedures, newest first; pairs counted here, not by a
+        # self-join: measured on MovieLens 100K under SQLite, 40 s against 3 s.
+        rows = self.session.execute(
+            select(visits.c.user_id, visits.c.target_id).order_by(
+                visits.c.user_id, visits.c.at.desc(), visits.c.target_id
             )
-            .group_by(recent.c.target_id, other.c.target_id)
-            .having(func.count() >= settings.min_visitors)
         )
+        visitors: Counter = Counter()
+        shared: Counter = Counter()
+        for _, group in groupby(rows, key=lambda row: row[0]):
+            recent = [item for _, item in group][: settings.neighbour_history]
+            visitors.update(recent)
+            shared.update(combinations(sorted(recent), 2))
+        pairs = [
+            (a, b, count)
+            for (one, other), count in shared.items()
+            if count >= settings.min_visitors
+            for a, b in ((one, other), (other, one))
+        ]
         best: dict[int, list[tuple[float, int]]] = defaultdict(list)
         for item, neighbour, count in pairs:
             similarity = count / math.sqrt(visitors[item] * visitors[neighbour])
