@@ -26,6 +26,7 @@ from personalization.profiles import VisitorProfile
 from personalization.recommenders import (
     ENGINE,
     FALLBACK,
+    BlendRecommender,
     Recommender,
     Recommenders,
     Scored,
@@ -138,12 +139,14 @@ class NeighbourRecommender:
         items: Items,
         popular: Recommender,
         others: Recommender,
+        categories: BlendRecommender,
     ):
         self.neighbours = neighbours
         self.settings = settings
         self.items = items
         self.popular = popular
         self.others = others
+        self.categories = categories
 
     @measured_recommend
     def recommend(
@@ -212,21 +215,18 @@ class NeighbourRecommender:
         ]
 
     def category_term(self, visitor: VisitorProfile) -> dict[int, float]:
-        """Popular procedures of the visitor's strongest categories, weighted by
-        their interest in the category (NEIGHBOUR_CATEGORY_WEIGHT; 0: none)."""
+        """The engine's category ranking (interest in a category times the
+        procedure's popularity in it), scaled so its best is 1, times
+        NEIGHBOUR_CATEGORY_WEIGHT (0: none): where items are too many for
+        neighbours to know them, the category is what is left to go by."""
         weight = self.settings.neighbour_category_weight
-        if not weight or not visitor.affinities:
+        if not weight:
             return {}
-        top = sorted(visitor.affinities.items(), key=lambda pair: -pair[1])
-        top = dict(top[: self.settings.top_categories])
-        in_categories = self.items.procedure_candidates(top, ())
-        popular = self.popular.recommend(visitor, "procedure", len(in_categories) or 1)
-        best = popular[0].score if popular and popular[0].score else 1.0
-        return {
-            s.item.id: weight * top[in_categories[s.item.id]] * s.score / best
-            for s in popular
-            if s.item.id in in_categories
-        }
+        ranked = self.categories.scores(visitor, "procedure")
+        best = ranked[0].score if ranked and ranked[0].score > 0 else 0.0
+        if not best:
+            return {}
+        return {s.item.id: weight * s.score / best for s in ranked if s.score > 0}
 
     @measured_similar
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
@@ -255,6 +255,11 @@ def with_neighbours(
     """The recommenders with the neighbour ranking among them (measured by the
     offline evaluation; served once it wins there)."""
     ranking = NeighbourRecommender(
-        neighbours, settings, items, recommenders.popular, recommenders.blend
+        neighbours,
+        settings,
+        items,
+        recommenders.popular,
+        recommenders.blend,
+        recommenders.category_affinity,
     )
     return replace(recommenders, neighbours=ranking)
