@@ -4,6 +4,7 @@ each a ranker as personalization.evaluation scores them, with the grids their
 hyper-parameters are tuned over on the validation split."""
 
 import itertools
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
@@ -78,7 +79,10 @@ def item_knn(matrix: Matrix, neighbours: int):
     from implicit.nearest_neighbours import CosineRecommender
 
     model = CosineRecommender(K=neighbours, num_threads=1)
-    model.fit(matrix.binary, show_progress=False)
+    with warnings.catch_warnings():
+        # implicit converts its own intermediate matrix and warns about it.
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(matrix.binary, show_progress=False)
     similarity = model.similarity.tocsr()
     return matrix.ranker(lambda user: (matrix.binary[user] @ similarity).toarray())
 
