@@ -154,37 +154,46 @@ def parse_event(raw: Any) -> Interaction:
             raise EventError("a search event needs metadata.query, a non-empty string")
         if not is_storable_text(query):  # it is searched for in the database
             raise EventError("metadata.query must not contain NUL characters")
-    check_card((metadata or {}).get("list_id"), (metadata or {}).get("position"))
+    metadata = dict(metadata or {})
+    check_card(metadata)
     if interaction_type == "engaged":
-        seconds = (metadata or {}).get("seconds")
-        if (
-            not isinstance(seconds, int)
-            or isinstance(seconds, bool)
-            or not 1 <= seconds <= MAX_ENGAGED_SECONDS
-        ):
+        seconds = whole_number(metadata.get("seconds"))
+        if seconds is None or not 1 <= seconds <= MAX_ENGAGED_SECONDS:
             raise EventError(
                 "an engaged event needs metadata.seconds, a whole number from 1 "
                 f"to {MAX_ENGAGED_SECONDS}"
             )
+        metadata["seconds"] = seconds
     return Interaction(interaction_type, item, metadata or None)
 
 
-def check_card(list_id: Any, position: Any) -> None:
+def check_card(metadata: dict) -> None:
     """A recommended card's list id and position, when an event names them:
-    exactly as pages give them, or the event is refused (reports attribute
-    clicks by them; nothing else may pass for one)."""
+    exactly as pages give them (a position of 2.0 is 2), or the event is refused
+    (reports attribute clicks by them; nothing else may pass for one)."""
+    list_id = metadata.get("list_id")
     if list_id is not None and (
         not isinstance(list_id, str) or not LIST_ID.fullmatch(list_id)
     ):
         raise EventError("metadata.list_id must be the list_id a page or the API gave")
-    if position is not None and (
-        not isinstance(position, int)
-        or isinstance(position, bool)
-        or not 1 <= position <= MAX_LIST_POSITION
-    ):
-        raise EventError(
-            f"metadata.position must be a whole number from 1 to {MAX_LIST_POSITION}"
-        )
+    if "position" in metadata and metadata["position"] is not None:
+        position = whole_number(metadata["position"])
+        if position is None or not 1 <= position <= MAX_LIST_POSITION:
+            raise EventError(
+                f"metadata.position must be a whole number from 1 to "
+                f"{MAX_LIST_POSITION}"
+            )
+        metadata["position"] = position
+
+
+def whole_number(value: Any) -> int | None:
+    """An integer as JSON may write it (7, or 7.0: JSON has one number type);
+    None for anything else, booleans included."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
 
 
 def parse_target(target_type: Any, target_id: Any) -> ItemKey | None:
@@ -193,15 +202,14 @@ def parse_target(target_type: Any, target_id: Any) -> ItemKey | None:
         raise EventError(
             f"target_type must be one of {', '.join(TARGET_TYPES)}", "bad_target"
         )
-    if isinstance(target_id, float) and target_id.is_integer():
-        target_id = int(target_id)  # JSON has one number type: 7.0 is 7
     if target_type == "page":
         if target_id is not None:
             raise EventError(
                 "target_id must be null for target_type page", "bad_target"
             )
         return None
-    if not isinstance(target_id, int) or isinstance(target_id, bool):
+    target_id = whole_number(target_id)
+    if target_id is None:
         raise EventError(
             f"target_id must be an integer for target_type {target_type}", "bad_target"
         )

@@ -1,6 +1,7 @@
 """Visitor identity and the tracking endpoint: what is stored, what is refused."""
 
 import hashlib
+import json
 import re
 
 import pytest
@@ -498,12 +499,22 @@ def test_engaged_time_is_stored_against_the_page_item(catalog, browser):
             "interaction_type": "engaged",
             "target_type": "procedure",
             "target_id": botox,
-            "metadata": {"seconds": 42, "path": "/procedures/botox"},
+            # JSON has one number type: 42.0 is the whole number 42.
+            "metadata": {"seconds": 42.0, "path": "/procedures/botox"},
         }
     )
     assert response.status_code == 202, response.get_json()
     stored = [row[1:] for row in stored_interactions(catalog) if row[1] == "engaged"]
     assert stored == [("engaged", "procedure", botox)]
+    with catalog.app_context():
+        from models import UserInteraction, db
+
+        extra = db.session.scalar(
+            db.select(UserInteraction.extra_data).where(
+                UserInteraction.interaction_type == "engaged"
+            )
+        )
+    assert json.loads(extra)["seconds"] == 42 and '42.0' not in extra
 
 
 def test_rejections_are_counted_per_day_and_reason(catalog, browser):
