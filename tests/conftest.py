@@ -84,3 +84,12 @@ def free_port() -> int:
 def browser(app):
     """One visitor's browser against the test app."""
     return Browser(app)
+
+
+@pytest.fixture
+def fake_credentials(monkeypatch):
+    """AWS credentials boto3 accepts, for clients pointed at a fake or a Stubber;
+    never a real profile."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -342,3 +342,19 @@ def shared_data(*parts: str):
     if not path.exists():
         pytest.skip(f"shared dataset not found: {path} (set SHARED_DATA_DIR)")
     return path
+
+
+RANKING_CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"
+
+
+def personalize_app(database_url, **overrides):
+    """A test app with AWS Personalize on: a ranking campaign and a tracking id
+    (the background event sync off); `overrides` adds or replaces settings."""
+    config = {
+        "AWS_PERSONALIZE_ENABLED": True,
+        "AWS_PERSONALIZE_CAMPAIGN_ARN": RANKING_CAMPAIGN,
+        "AWS_PERSONALIZE_TRACKING_ID": "tracking-1",
+        "AWS_PERSONALIZE_SYNC_INTERVAL": 0,
+        **overrides,
+    }
+    return create_app(app_config(database_url, **config))

@@ -474,13 +474,6 @@ def test_the_ranking_log_is_turned_on_by_its_setting(database_url):
         logger.setLevel(level)
 
 
-@pytest.fixture
-def fake_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 def test_personalize_failures_are_counted_as_fallbacks_by_reason(
     database_url, catalog, fake_credentials
 ):

@@ -12,9 +12,13 @@ import pytest
 from botocore.stub import ANY, Stubber
 from sqlalchemy import func, select
 
-from app import create_app
 from fake_personalize import FakePersonalize
-from helpers import Browser, app_config, catalog_id
+from helpers import (
+    RANKING_CAMPAIGN,
+    Browser,
+    catalog_id,
+    personalize_app,
+)
 from models import Category, PersonalizeOutbox, Procedure, db
 from personalization.events import Interaction, ItemKey
 from personalize_client import (
@@ -25,27 +29,11 @@ from personalize_client import (
     personalize_event,
 )
 
-CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"
+CAMPAIGN = RANKING_CAMPAIGN
 SIMS = "arn:aws:personalize:us-east-1:123456789012:campaign/sims"
 API = "/personalization/recommendations/"
-
-
-@pytest.fixture(autouse=True)
-def fake_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-def personalize_app(database_url, **overrides):
-    config = {
-        "AWS_PERSONALIZE_ENABLED": True,
-        "AWS_PERSONALIZE_CAMPAIGN_ARN": CAMPAIGN,
-        "AWS_PERSONALIZE_TRACKING_ID": "tracking-1",
-        "AWS_PERSONALIZE_SYNC_INTERVAL": 0,
-        **overrides,
-    }
-    return create_app(app_config(database_url, **config))
+# boto3 needs credentials of some kind; never a real profile.
+pytestmark = pytest.mark.usefixtures("fake_credentials")
 
 
 def client_of(app) -> PersonalizeClient:

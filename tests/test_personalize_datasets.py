@@ -11,9 +11,13 @@ import pytest
 from botocore.stub import ANY, Stubber
 from sqlalchemy import func, select
 
-from app import create_app
 from fake_personalize import FakePersonalize
-from helpers import Browser, app_config, catalog_id
+from helpers import (
+    RANKING_CAMPAIGN,
+    Browser,
+    catalog_id,
+    personalize_app,
+)
 from models import (
     Category,
     PersonalizeOutbox,
@@ -32,7 +36,7 @@ from personalize_client import (
     personalize_event_type,
 )
 
-RANKING = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"
+RANKING = RANKING_CAMPAIGN
 USER_CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/user"
 DISMISSED = "arn:aws:personalize:us-east-1:123456789012:filter/not-dismissed"
 GROUP = "arn:aws:personalize:us-east-1:123456789012:dataset-group/antidote"
@@ -41,24 +45,8 @@ USERS = "arn:aws:personalize:us-east-1:123456789012:dataset/antidote/USERS"
 ROLE = "arn:aws:iam::123456789012:role/PersonalizeS3"
 LIST_ID = "0123456789abcdef"
 API = "/personalization/recommendations/"
-
-
-@pytest.fixture(autouse=True)
-def fake_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-def personalize_app(database_url, **overrides):
-    config = {
-        "AWS_PERSONALIZE_ENABLED": True,
-        "AWS_PERSONALIZE_CAMPAIGN_ARN": RANKING,
-        "AWS_PERSONALIZE_TRACKING_ID": "tracking-1",
-        "AWS_PERSONALIZE_SYNC_INTERVAL": 0,
-        **overrides,
-    }
-    return create_app(app_config(database_url, **config))
+# boto3 needs credentials of some kind; never a real profile.
+pytestmark = pytest.mark.usefixtures("fake_credentials")
 
 
 DELETION = {
