@@ -514,7 +514,7 @@ def test_engaged_time_is_stored_against_the_page_item(catalog, browser):
                 UserInteraction.interaction_type == "engaged"
             )
         )
-    assert json.loads(extra)["seconds"] == 42 and '42.0' not in extra
+    assert json.loads(extra)["seconds"] == 42 and "42.0" not in extra
 
 
 def test_rejections_are_counted_per_day_and_reason(catalog, browser):
