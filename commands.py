@@ -170,7 +170,8 @@ def refresh_command() -> None:
         raise click.ClickException(f"refresh failed: {error}") from error
     click.echo(
         f"Rebuilt {counts['item_popularity']} popularity rows and "
-        f"{counts['procedure_covisitation']} co-visitation pairs "
+        f"{counts['procedure_covisitation']} co-visitation pairs and "
+        f"{counts['procedure_neighbours']} item neighbours "
         f"in {time.monotonic() - started:.2f}s."
     )
 
