@@ -87,12 +87,16 @@ def seed_demo_command(if_empty: bool, no_traffic: bool) -> None:
     if seeded is None:
         click.echo("The catalog has no procedures; no demo traffic added.")
         return
+    # What `flask personalization refresh` does on a schedule: the served
+    # ranking reads the item neighbours it precomputes.
+    refreshed = current_system().refresh_statistics()
     click.echo(
         f"Simulated demo traffic: {seeded['visitors']} visitors "
         f"({seeded['control']} in the control arm), {seeded['events']} events, "
         f"{seeded['impressions']} recommendation lists shown, "
         f"{seeded['consultations']} consultation requests over the last "
-        f"{DEFAULT_DAYS} days, in {time.monotonic() - started:.1f}s."
+        f"{DEFAULT_DAYS} days, and {refreshed['procedure_neighbours']} item "
+        f"neighbours precomputed, in {time.monotonic() - started:.1f}s."
     )
 
 
@@ -162,12 +166,23 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
 
 @personalization.command("refresh")
 def refresh_command() -> None:
-    """Rebuild item popularity and co-visitation from the interaction log."""
+    """Rebuild item popularity and co-visitation from the interaction log, and
+    precompute item neighbours (with a progress bar over visitors)."""
     started = time.monotonic()
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:  # the total is known only once the log is read
+            bars.append(click.progressbar(length=total, label="Item neighbours"))
+        bars[0].update(done - bars[0].pos)
+
     try:
-        counts = current_system().refresh_statistics()
+        counts = current_system().refresh_statistics(progress=progress)
     except SQLAlchemyError as error:
         raise click.ClickException(f"refresh failed: {error}") from error
+    finally:
+        for bar in bars:
+            bar.render_finish()
     click.echo(
         f"Rebuilt {counts['item_popularity']} popularity rows and "
         f"{counts['procedure_covisitation']} co-visitation pairs and "

@@ -50,6 +50,7 @@ from personalization.recommenders import (
     PersonalizeAdapter,
     Recommenders,
     build_recommenders,
+    with_personalize,
 )
 from personalization.regions import CityRates, match_rates
 from personalization.rejections import Rejections
@@ -89,7 +90,7 @@ class PersonalizationSystem:
         self.profiles = Profiles(
             session, settings, self.affinity, self.preferences, clock
         )
-        self.neighbours = ProcedureNeighbours(session, settings)
+        self.neighbours = ProcedureNeighbours(session, settings, self.popularity)
         self.recommenders = wire_recommenders(self, personalize)
         self.sections = Sections(
             self.items, self.recommenders.served, settings.max_per_category
@@ -332,13 +333,14 @@ class PersonalizationSystem:
 
     # Maintenance
 
-    def refresh_statistics(self, now: datetime | None = None) -> dict[str, int]:
-        """Rebuild popularity, co-visitation and item neighbours from the log."""
+    def refresh_statistics(self, now=None, progress=None) -> dict[str, int]:
+        """Rebuild popularity, co-visitation and item neighbours from the log as
+        of `now`; the neighbours report (visitors done, in all) to `progress`."""
         now = now or self.clock()
         with self.transaction():
             self.popularity.rebuild(now)
             self.covisitation.rebuild(now)
-            self.neighbours.rebuild(now)
+            self.neighbours.rebuild(now, progress)
         self.popularity.clear_cache()
         return {
             "item_popularity": self.popularity.size(),
@@ -419,19 +421,15 @@ def wire_recommenders(
 ) -> Recommenders:
     """Every recommender of a system, over its statistics: the local ones, the
     user-personalization campaign when configured, and the item neighbours."""
+    settings = system.settings
     built = build_recommenders(
-        system.settings,
-        system.items,
-        system.popularity,
-        system.covisitation,
-        personalize,
+        settings, system.items, system.popularity, system.covisitation
     )
-    return with_neighbours(
-        with_user_campaign(built, personalize, system.items),
-        system.neighbours,
-        system.settings,
-        system.items,
+    built = with_neighbours(built, system.neighbours, settings)
+    built = with_personalize(
+        built, personalize, system.items, settings.rerank_candidates
     )
+    return with_user_campaign(built, personalize, system.items)
 
 
 def replay_system(
@@ -498,6 +496,18 @@ def replay_system(
     with system.transaction():
         system.affinity.rebuild(split.cutoff)
     return system
+
+
+def retuned(system: PersonalizationSystem, settings: Settings) -> PersonalizationSystem:
+    """The same replayed database and clock ranked with other settings, without
+    rebuilding its statistics: for tuning what only ranking reads."""
+    return PersonalizationSystem(
+        settings,
+        system.session,
+        fingerprint_key="offline evaluation",
+        search_categories=lambda query: [],
+        clock=system.clock,
+    )
 
 
 # The app's system

@@ -72,8 +72,9 @@ from personalization.events import (  # noqa: E402
     ItemKey,
     VisitorInteraction,
 )
+from personalization.ranking import Diversity  # noqa: E402
 from personalization.settings import Settings  # noqa: E402
-from personalization_system import replay_system  # noqa: E402
+from personalization_system import replay_system, retuned  # noqa: E402
 
 DATA = Path(
     os.environ.get("SHARED_DATA_DIR")
@@ -95,13 +96,23 @@ PROTOCOLS_OF = {
     "taobao": ("leave-last-out", "temporal", "repeat-aware"),
 }
 CSV_PROTOCOLS = ("leave-last-out", "temporal", "repeat-aware")
-# The engine's tunables chosen on validation; history counts only where seen
-# items may be shown.
-ENGINE_GRID = {
+# The engine's tunables chosen on validation. Those its statistics are built
+# with need a replay each; those only ranking reads share one (retuned). Windows
+# longer than the log are the whole log. Own history counts only where seen items
+# may be shown.
+ENGINE_BUILD_GRID = {
+    "neighbour_regularization": (250.0, 1000.0, 2500.0),
     "popularity_window_days": (30, 3650),
-    "covisitation_weight": (0.4, 0.8),
 }
-ENGINE_REPEAT_GRID = {"history_weight": (0.6, 1.2)}
+ENGINE_RANKING_GRID = {
+    "history_window_days": (30, 3650),
+    "seed_recency_decay": (0.85, 0.95),
+    "neighbour_category_weight": (0.1, 0.3),
+}
+ENGINE_REPEAT_GRID = {"repeat_consumption": (1,), "history_weight": (1.0, 3.0)}
+WINDOWS = ("popularity_window_days", "history_window_days")
+# MAX_PER_CATEGORY values whose cost the tuned ranking reports.
+DIVERSITY_LIMITS = (3, 2)
 
 
 def progress(message: str) -> None:
@@ -194,17 +205,36 @@ def load_csv(path: Path) -> tuple[list, list, list[VisitorInteraction], float]:
 
 
 def engine_grid(protocol: str, span_days: int) -> list[dict]:
-    """The engine's candidate settings; windows as long as the log are one."""
-    grid = dict(ENGINE_GRID)
-    grid["popularity_window_days"] = sorted(
-        {min(days, span_days) for days in grid["popularity_window_days"]}
-    )
+    """The engine's candidate settings, those that need a replay varying
+    slowest; windows as long as the log are one."""
+    grid = ENGINE_BUILD_GRID | ENGINE_RANKING_GRID
     if protocol == "repeat-aware":
         grid |= ENGINE_REPEAT_GRID
+    for window in WINDOWS:
+        grid[window] = sorted({min(days, span_days) for days in grid[window]})
     return [
         dict(zip(grid, values, strict=True))
         for values in itertools.product(*grid.values())
     ]
+
+
+def engine_ranker(categories, items, settings: Settings):
+    """Build a ranker of the served engine for (split, params), replaying the
+    split only when a setting its statistics are built with changes."""
+    replayed: dict[tuple, object] = {}
+
+    def served(split, params, per_category=0):
+        built = tuple(sorted((key, params[key]) for key in ENGINE_BUILD_GRID))
+        key = (id(split), built)
+        if key not in replayed:
+            replayed.clear()  # one replay in memory at a time
+            build = dataclasses.replace(settings, **dict(built))
+            replayed[key] = replay_system(categories, items, split, build)
+        system = retuned(replayed[key], dataclasses.replace(settings, **params))
+        diversity = Diversity(system.items, per_category)
+        return page_ranker(system.recommenders.served, system.profiles.load, diversity)
+
+    return served
 
 
 def evaluate(name, loaded, protocol, k, tune_engine=True) -> dict:
@@ -239,28 +269,17 @@ def evaluate(name, loaded, protocol, k, tune_engine=True) -> dict:
     if tune_engine:
         started = time.perf_counter()
 
-        def served(s, params):
-            system = replay_system(
-                categories, items, s, dataclasses.replace(settings, **params)
-            )
-            return page_ranker(system.recommenders.blend, system.profiles.load)
-
+        served = engine_ranker(categories, items, settings)
         stamps = [e.interaction.occurred_at for e in split.train]
         span = math.ceil((max(stamps) - min(stamps)).total_seconds() / 86400)
         grid = engine_grid(protocol, max(1, span))
         best, tried = tune(served, grid, validation, k, catalog)
-        replay = replay_system(
-            categories, items, split, dataclasses.replace(settings, **best)
-        )
-        with replay.reading():
-            row = score_recommenders(
-                {"blended (tuned)": replay.recommenders.blend},
-                replay.profiles.load,
-                split.test,
-                k,
-                catalog,
-                split.exclude,
-            )["blended (tuned)"]
+        row = score_rankings(served(split, best), split.test, k, catalog, split.exclude)
+        # What variety costs: at most N of a category in the top 10 (MAX_PER_CATEGORY).
+        for most in DIVERSITY_LIMITS:
+            results[f"blended (tuned), at most {most} per category"] = score_rankings(
+                served(split, best, most), split.test, k, catalog, split.exclude
+            )
         results["blended (tuned)"] = row | {"params": best, "validation": tried}
         timings["engine tuning"] = time.perf_counter() - started
         progress(f"  engine tuned {best}: {timings['engine tuning']:.1f} s")
@@ -322,9 +341,11 @@ ROW_ORDER = (
     "popular",
     "category affinity",
     "co-visitation",
+    "co-visitation blend",
     "blended (served)",
     "blended (tuned)",
-    "item neighbours",
+    "blended (tuned), at most 3 per category",
+    "blended (tuned), at most 2 per category",
     "MostPop",
     "own history (recency)",
     "ItemKNN",

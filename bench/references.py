@@ -12,6 +12,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from personalization.events import VisitorInteraction
+from personalization.neighbours import ease_weights
 
 # EASE's regularisation, log-spaced from 10 to 5,000.
 EASE_GRID = [{"lambda": round(float(x))} for x in np.geomspace(10, 5000, 7)]
@@ -117,11 +118,7 @@ def ease(matrix: Matrix, regularization: float):
     kept = np.argsort(-np.asarray(x.sum(axis=0)).ravel(), kind="stable")
     kept = kept[:EASE_MAX_ITEMS]
     sub = x[:, kept]
-    gram = (sub.T @ sub).toarray()
-    gram[np.diag_indices_from(gram)] += regularization
-    inverse = np.linalg.inv(gram)
-    weights = -inverse / np.diag(inverse)
-    np.fill_diagonal(weights, 0.0)
+    weights = ease_weights((sub.T @ sub).toarray(), regularization)
 
     def scores_kept(user: int) -> np.ndarray:
         score = np.zeros(items)

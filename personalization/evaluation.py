@@ -20,7 +20,7 @@ from typing import Any
 from personalization.events import ItemKey, VisitorInteraction
 from personalization.profiles import VisitorProfile
 from personalization.protocols import PROTOCOLS, Split, split_log, validation_split
-from personalization.ranking import page_list
+from personalization.ranking import Diversity, page_list
 from personalization.recommenders import Recommender
 
 __all__ = [
@@ -172,15 +172,18 @@ def score_recommenders(
 
 
 def page_ranker(
-    recommender: Recommender, load_profile: Callable[[str], VisitorProfile]
+    recommender: Recommender,
+    load_profile: Callable[[str], VisitorProfile],
+    diversity: Diversity | None = None,
 ) -> Ranker:
     """A recommender's procedure list as a page shows it (page_list), without the
-    excluded items: it fills their places as a page would (from popular)."""
+    excluded items: it fills their places as a page would (from popular), and
+    spreads over categories when `diversity` applies."""
 
     def rank(visitor: str, excluded: set[int], k: int) -> list[int]:
         keys = frozenset(ItemKey("procedure", item) for item in excluded)
         found = page_list(
-            recommender, load_profile(visitor), "procedure", k, exclude=keys
+            recommender, load_profile(visitor), "procedure", k, keys, diversity
         )
         return [entry.item.id for entry in found]
 

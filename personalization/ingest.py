@@ -128,10 +128,14 @@ class Ingest:
         # Whether this is a visitor's first time with an item (distinct-visitor
         # counts, co-visitation) is read from their history: wait for their other
         # requests in flight to commit first, or two would both count as the first.
+        # The popularity window is what a rebuild counts visitors over.
         lock_for_writing(self.session, with_items)
+        histories = self.profiles.histories(
+            with_items, now, self.settings.popularity_window_days
+        )
         seen = {
             visitor: {entry.item for entry in history}
-            for visitor, history in self.profiles.histories(with_items, now).items()
+            for visitor, history in histories.items()
         }
         seen_categories = self.affinity.categories_of(with_items)
         self.session.execute(

@@ -1,33 +1,44 @@
-"""Item-to-item neighbours, precomputed: for each procedure, the procedures the
-same visitors interacted with, by cosine similarity of their visitor sets, the
-best NEIGHBOURS_PER_ITEM kept (`flask personalization refresh` rebuilds them).
-A page reads its visitor's recent procedures' neighbours in one indexed query.
+"""The engine's procedure ranking (issue 16): item-to-item neighbours precomputed
+from the log, scored against each visitor's recent procedures.
 
-NeighbourRecommender ranks with them, as the nearest-neighbour references of
-the field do (ItemKNN): each candidate scores the sum, over the visitor's recent
-distinct procedures, of that procedure's recency-decayed weight times their
-similarity, plus a small term for popular procedures of the visitor's favourite
-categories; items the visitor already had are left out, and popularity fills the
-rest (issue 16)."""
+`flask personalization refresh` rebuilds the neighbour table with EASE (Steck
+2019), the linear item-item model the offline evaluation found strongest on
+MovieLens: over the NEIGHBOUR_ITEMS procedures the most visitors had, each
+visitor's recent positive procedures make the Gram matrix G (how many visitors
+had both of two procedures), and B = -P / diag(P) with P = (G + lambda I)^-1.
+Each procedure keeps its best NEIGHBOURS_PER_ITEM positive weights, and only for
+pairs at least MIN_VISITORS visitors share: one person's clicks never show.
 
-import math
-from collections import Counter, defaultdict
-from collections.abc import Collection
-from dataclasses import replace
+Pages rank from memory (NeighbourModel, reloaded as popular lists are), with no
+query beyond the visitor's profile:
+
+    score = neighbours / their best                  (what the visitor had, times B)
+          + NEIGHBOUR_CATEGORY_WEIGHT * category     (popular in their categories)
+          + HISTORY_WEIGHT * own / their best        (only with REPEAT_CONSUMPTION)
+
+Each of the visitor's recent distinct procedures counts SEED_RECENCY_DECAY^place
+times their own net interest in it. Without REPEAT_CONSUMPTION what they had goes
+last; popularity fills what is left, so no list comes back short.
+"""
+
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from itertools import combinations, groupby
+from itertools import groupby
 
-from sqlalchemy import bindparam, delete, func, insert, select
+import numpy as np
+from sqlalchemy import delete, func, insert, select
 
 from models import ProcedureNeighbour, UserInteraction
 from personalization.events import ItemKey
-from personalization.items import Items
 from personalization.profiles import VisitorProfile
 from personalization.recommenders import (
     ENGINE,
     FALLBACK,
     BlendRecommender,
-    Recommender,
+    PopularityRecommender,
     Recommenders,
     Scored,
     measured_recommend,
@@ -35,30 +46,190 @@ from personalization.recommenders import (
     non_increasing,
 )
 from personalization.settings import Settings
+from personalization.statistics import Popularity
 
 # Pair rows written per statement when the table is rebuilt.
 ROWS_PER_INSERT = 5000
+# Visitors between two progress reports of a rebuild.
+PROGRESS_EVERY = 1000
+# A seed counts at least this much, whatever its net interest (a bare view).
+SEED_FLOOR = 0.1
+
+
+def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
+    """EASE's item-item weights from a Gram matrix XᵀX: B = -P / diag(P) with
+    P = (XᵀX + λI)⁻¹, and a zero diagonal (an item never recommends itself)."""
+    regularized = gram.astype(np.float64, copy=True)
+    regularized[np.diag_indices_from(regularized)] += regularization
+    inverse = np.linalg.inv(regularized)
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def best_per_row(
+    weights: np.ndarray, support: np.ndarray, floor: int, keep: int
+) -> list[tuple[int, int, float]]:
+    """(row, column, weight) of each row's `keep` best positive weights among
+    the pairs with at least `floor` support; ties (to rounding error) go to the
+    lower column."""
+    weights = np.where(support >= floor, weights, 0.0)
+    np.fill_diagonal(weights, 0.0)
+    order = np.argsort(-np.round(weights, 12), axis=1, kind="stable")[:, :keep]
+    found = []
+    for row, columns in enumerate(order):
+        for column in columns:
+            weight = float(weights[row, column])
+            if weight <= 0:
+                break
+            found.append((row, int(column), weight))
+    return found
+
+
+@dataclass(frozen=True)
+class NeighbourModel:
+    """The neighbour table and the catalog's popularity by category, in arrays
+    indexed by catalog position: what a ranking reads, held in memory."""
+
+    ids: np.ndarray  # position -> procedure id
+    category_ids: np.ndarray  # position -> its category's id
+    position: dict[int, int]  # procedure id -> position
+    # Position p's neighbours are entries starts[p]:starts[p + 1] of these two.
+    starts: np.ndarray
+    neighbours: np.ndarray
+    weights: np.ndarray
+    # Per category: its procedures' positions, best first, and how popular each
+    # is against the category's best (0-1).
+    categories: dict[int, tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def build(
+        cls,
+        by_category: dict[int, list[tuple[int, float]]],
+        pairs: list[tuple[int, int, float]],
+    ) -> "NeighbourModel":
+        """From popularity by category and (procedure, neighbour, weight) rows
+        sorted by procedure then best first."""
+        category_of = {
+            pid: category_id
+            for category_id, found in by_category.items()
+            for pid, _ in found
+        }
+        ids = sorted(category_of.keys() | {pid for pair in pairs for pid in pair[:2]})
+        position = {pid: n for n, pid in enumerate(ids)}
+        counts = np.zeros(len(ids) + 1, dtype=np.int64)
+        for procedure_id, _, _ in pairs:
+            counts[position[procedure_id] + 1] += 1
+        categories = {}
+        for category_id, found in by_category.items():
+            best = found[0][1] if found and found[0][1] > 0 else 0.0
+            categories[category_id] = (
+                np.array([position[pid] for pid, _ in found], dtype=np.int64),
+                np.array([s / best if best else 0.0 for _, s in found]),
+            )
+        return cls(
+            ids=np.array(ids, dtype=np.int64),
+            category_ids=np.array([category_of.get(pid, 0) for pid in ids]),
+            position=position,
+            starts=np.cumsum(counts),
+            neighbours=np.array([position[n] for _, n, _ in pairs], dtype=np.int64),
+            weights=np.array([w for _, _, w in pairs], dtype=np.float64),
+            categories=categories,
+        )
+
+    def of(self, procedure_id: int) -> list[tuple[int, float]]:
+        """A procedure's neighbours with their weights, best first."""
+        at = self.position.get(procedure_id)
+        if at is None:
+            return []
+        entries = slice(self.starts[at], self.starts[at + 1])
+        found = zip(self.neighbours[entries], self.weights[entries], strict=True)
+        return [(int(self.ids[n]), float(w)) for n, w in found]
+
+    def neighbour_scores(
+        self, seeds: dict[int, float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per position, the sum of each seed's weight times its neighbour
+        weight; with the entries (neighbour positions, contributions, seed
+        positions) behind it, to say which seed led."""
+        found = [
+            (self.position[seed], weight)
+            for seed, weight in seeds.items()
+            if seed in self.position
+        ]
+        if not found:
+            empty = np.zeros(0, dtype=np.int64)
+            return np.zeros(len(self.ids)), empty, np.zeros(0), empty
+        positions = np.array([at for at, _ in found], dtype=np.int64)
+        firsts = self.starts[positions]
+        lengths = self.starts[positions + 1] - firsts
+        # Every seed's run of entries, end to end, without a Python loop.
+        offsets = np.cumsum(lengths) - lengths
+        entries = np.arange(lengths.sum()) + np.repeat(firsts - offsets, lengths)
+        targets = self.neighbours[entries]
+        parts = self.weights[entries] * np.repeat([w for _, w in found], lengths)
+        totals = np.bincount(targets, weights=parts, minlength=len(self.ids))
+        return totals, targets, parts, np.repeat(positions, lengths)
 
 
 class ProcedureNeighbours:
-    """The precomputed neighbour table: rebuilt from the log, read by seeds."""
+    """The precomputed neighbour table: rebuilt from the log by refresh, read
+    into a NeighbourModel that each process keeps POPULARITY_CACHE_SECONDS."""
 
-    def __init__(self, session, settings: Settings):
+    def __init__(self, session, settings: Settings, popularity: Popularity):
         self.session = session
         self.settings = settings
-        table = ProcedureNeighbour
-        self._of = select(
-            table.procedure_id, table.neighbour_id, table.similarity
-        ).where(table.procedure_id.in_(bindparam("seeds", expanding=True)))
+        self.popularity = popularity
+        self._cached: tuple[float, NeighbourModel] | None = None
 
-    def rebuild(self, now: datetime) -> int:
-        """Count, over the window, the visitors each pair of procedures shares
-        (each visitor's most recent NEIGHBOUR_HISTORY procedures with a positive
-        signal), keep pairs at least MIN_VISITORS share (one person's clicks
-        never show), and store each procedure's best neighbours by cosine
-        similarity. Return the rows stored."""
+    def rebuild(
+        self, now: datetime, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Recompute every procedure's neighbours from the log's window (EASE
+        over the NEIGHBOUR_ITEMS procedures the most visitors had); report
+        (visitors done, visitors in all) to `progress`. Return the rows stored.
+
+        Not incremental: EASE's inverse changes with every interaction. Counted
+        in memory from one ordered read; MovieLens 100K takes about 2 s."""
         settings = self.settings
-        since = now - timedelta(days=settings.neighbour_window_days)
+        histories = self.histories(now)
+        visitors = Counter(item for history in histories for item in history)
+        kept = sorted(
+            (item for item, n in visitors.items() if n >= settings.min_visitors),
+            key=lambda item: (-visitors[item], item),
+        )[: settings.neighbour_items]
+        index = {item: n for n, item in enumerate(kept)}
+        gram = np.zeros((len(kept), len(kept)))
+        for done, history in enumerate(histories, 1):
+            columns = [index[item] for item in history if item in index]
+            gram[np.ix_(columns, columns)] += 1.0
+            if progress and (done % PROGRESS_EVERY == 0 or done == len(histories)):
+                progress(done, len(histories))
+        rows = []
+        if kept:
+            weights = ease_weights(gram, settings.neighbour_regularization)
+            rows = [
+                {
+                    "procedure_id": kept[row],
+                    "neighbour_id": kept[column],
+                    "similarity": weight,
+                }
+                for row, column, weight in best_per_row(
+                    weights, gram, settings.min_visitors, settings.neighbours_per_item
+                )
+            ]
+        self.session.execute(delete(ProcedureNeighbour))
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            self.session.execute(
+                insert(ProcedureNeighbour), rows[start : start + ROWS_PER_INSERT]
+            )
+        self.clear_cache()
+        return len(rows)
+
+    def histories(self, now: datetime) -> list[list[int]]:
+        """Each visitor's distinct procedures with a positive signal in the
+        window, newest first, at most NEIGHBOUR_HISTORY."""
+        settings = self.settings
         positive = sorted(
             kind for kind, weight in settings.interaction_weights.items() if weight > 0
         )
@@ -69,84 +240,64 @@ class ProcedureNeighbours:
             )
             .where(
                 log.c.target_type == "procedure",
-                log.c.timestamp >= since,
+                log.c.timestamp >= now - timedelta(days=settings.neighbour_window_days),
                 log.c.timestamp <= now,
                 log.c.interaction_type.in_(positive),
             )
             .group_by(log.c.user_id, log.c.target_id)
             .subquery()
         )
-        # Each visitor's procedures, newest first; pairs counted here, not by a
-        # self-join: measured on MovieLens 100K under SQLite, 40 s against 3 s.
         rows = self.session.execute(
             select(visits.c.user_id, visits.c.target_id).order_by(
                 visits.c.user_id, visits.c.at.desc(), visits.c.target_id
             )
         )
-        visitors: Counter = Counter()
-        shared: Counter = Counter()
-        for _, group in groupby(rows, key=lambda row: row[0]):
-            recent = [item for _, item in group][: settings.neighbour_history]
-            visitors.update(recent)
-            shared.update(combinations(sorted(recent), 2))
-        pairs = [
-            (a, b, count)
-            for (one, other), count in shared.items()
-            if count >= settings.min_visitors
-            for a, b in ((one, other), (other, one))
-        ]
-        best: dict[int, list[tuple[float, int]]] = defaultdict(list)
-        for item, neighbour, count in pairs:
-            similarity = count / math.sqrt(visitors[item] * visitors[neighbour])
-            best[item].append((similarity, neighbour))
-        rows = [
-            {"procedure_id": item, "neighbour_id": neighbour, "similarity": similarity}
-            for item, found in best.items()
-            for similarity, neighbour in sorted(found, key=lambda s: (-s[0], s[1]))[
-                : settings.neighbours_per_item
-            ]
-        ]
-        self.session.execute(delete(ProcedureNeighbour))
-        for start in range(0, len(rows), ROWS_PER_INSERT):
-            self.session.execute(
-                insert(ProcedureNeighbour), rows[start : start + ROWS_PER_INSERT]
-            )
-        return len(rows)
-
-    def of(self, seeds: Collection[int]) -> list[tuple[int, int, float]]:
-        """(seed, neighbour, similarity) for each of the seeds' neighbours."""
-        if not seeds:
-            return []
         return [
-            tuple(row)
-            for row in self.session.execute(self._of, {"seeds": sorted(set(seeds))})
+            [item for _, item in group][: settings.neighbour_history]
+            for _, group in groupby(rows, key=lambda row: row[0])
         ]
+
+    def model(self) -> NeighbourModel:
+        """The table and popularity by category, read at most once per
+        POPULARITY_CACHE_SECONDS per process."""
+        if self._cached and self._cached[0] > time.monotonic():
+            return self._cached[1]
+        table = ProcedureNeighbour
+        pairs = self.session.execute(
+            select(table.procedure_id, table.neighbour_id, table.similarity).order_by(
+                table.procedure_id, table.similarity.desc(), table.neighbour_id
+            )
+        ).all()
+        model = NeighbourModel.build(self.popularity.by_category(), pairs)
+        expires = time.monotonic() + self.settings.popularity_cache_seconds
+        self._cached = (expires, model)
+        return model
+
+    def clear_cache(self) -> None:
+        self._cached = None
 
     def size(self) -> int:
         return self.session.scalar(select(func.count()).select_from(ProcedureNeighbour))
 
 
 class NeighbourRecommender:
-    """Procedures by their neighbours to what the visitor had; other kinds go to
-    `others` (the blend). The contract's fallback: popularity fills every list."""
+    """The engine's procedures: neighbours of what the visitor had, popular ones
+    of their categories, and (where visitors come back) their own; other kinds
+    are the blend's. Popularity fills every list."""
 
-    name = "item neighbours"
+    name = "blended (served)"
 
     def __init__(
         self,
         neighbours: ProcedureNeighbours,
         settings: Settings,
-        items: Items,
-        popular: Recommender,
-        others: Recommender,
-        categories: BlendRecommender,
+        popular: PopularityRecommender,
+        blend: BlendRecommender,
     ):
         self.neighbours = neighbours
         self.settings = settings
-        self.items = items
         self.popular = popular
-        self.others = others
-        self.categories = categories
+        self.blend = blend
 
     @measured_recommend
     def recommend(
@@ -157,109 +308,168 @@ class NeighbourRecommender:
         exclude: Collection[ItemKey] = (),
     ) -> list[Scored]:
         if kind != "procedure":
-            return self.others.recommend(visitor, kind, k, exclude)
+            return self.blend.recommend(visitor, kind, k, exclude)
         excluded = set(exclude)
+        seeds = self.seeds(visitor)
         # What the visitor had goes last (when nothing else is left), unless
         # visitors come back to what they had.
         seen = (
             []
             if self.settings.repeat_consumption
-            else [
-                item
-                for item in visitor.recent
-                if item.kind == "procedure" and item not in excluded
-            ]
+            else [ItemKey("procedure", seed) for seed in seeds]
         )
-        scored = [
-            s for s in self.scores(visitor) if s.item not in excluded | set(seen)
-        ][:k]
-        taken = excluded | set(seen) | {s.item for s in scored}
+        held_back = excluded | set(seen)
+        scored = self.ranked(visitor, seeds, k, held_back)
+        taken = held_back | {s.item for s in scored}
         fill = self.popular.recommend(visitor, kind, k - len(scored), taken)
-        last = [Scored(item, 0.0, "viewed", FALLBACK, item) for item in seen]
-        return non_increasing(scored + fill + last[: k - len(scored) - len(fill)])
+        room = k - len(scored) - len(fill)
+        last = [
+            Scored(item, 0.0, "viewed", FALLBACK, item)
+            for item in seen
+            if item not in excluded
+        ]
+        return non_increasing(scored + fill + last[:room])
 
-    def scores(self, visitor: VisitorProfile) -> list[Scored]:
-        """Every candidate procedure for the visitor, best first."""
-        seeds = [item.id for item in visitor.recent if item.kind == "procedure"]
+    def scores(self, visitor: VisitorProfile, kind: str) -> list[Scored]:
+        """The visitor's personal scores for one kind, best first (no fill), as
+        the blend's are: what Personalize re-ranks."""
+        if kind != "procedure":
+            return self.blend.scores(visitor, kind)
+        seeds = self.seeds(visitor)
+        return self.ranked(visitor, seeds, self.settings.rerank_candidates, set())
+
+    def seeds(self, visitor: VisitorProfile) -> dict[int, float]:
+        """The visitor's recent distinct procedures (not disliked), newest first,
+        each with SEED_RECENCY_DECAY^place times their net interest in it."""
         decay = self.settings.seed_recency_decay
-        weight = {
-            seed: decay**place
-            * max(visitor.interest.get(ItemKey("procedure", seed), 0.0), 0.1)
-            for place, seed in enumerate(seeds)
+        recent = [
+            item
+            for item in visitor.recent
+            if item.kind == "procedure" and item not in visitor.disliked
+        ]
+        return {
+            item.id: decay**place * max(visitor.interest.get(item, 0.0), SEED_FLOOR)
+            for place, item in enumerate(recent)
         }
-        totals: Counter = Counter()
-        strongest: dict[int, tuple[float, int]] = {}
-        for seed, neighbour, similarity in self.neighbours.of(seeds):
-            part = weight[seed] * similarity
-            totals[neighbour] += part
-            if part > strongest.get(neighbour, (0.0, seed))[0]:
-                strongest[neighbour] = (part, seed)
-        for procedure, part in self.category_term(visitor).items():
-            totals[procedure] += part
-        if self.settings.repeat_consumption:
-            for seed, seed_weight in weight.items():
-                totals[seed] += seed_weight * self.settings.history_weight
-        ranked = sorted(totals.items(), key=lambda pair: (-pair[1], pair[0]))
+
+    def ranked(
+        self,
+        visitor: VisitorProfile,
+        seeds: dict[int, float],
+        k: int,
+        excluded: Collection[ItemKey],
+    ) -> list[Scored]:
+        """The k best-scored procedures outside `excluded`, each with the part
+        of its score that weighed most as its reason."""
+        model = self.neighbours.model()
+        if not visitor.visitor_id or not len(model.ids) or k <= 0:
+            return []
+        settings = self.settings
+        neighbours, *evidence = model.neighbour_scores(seeds)
+        category = self.category_part(model, visitor)
+        own = np.zeros(len(model.ids))
+        if settings.repeat_consumption and seeds:
+            strongest = max(seeds.values())
+            for seed, weight in seeds.items():
+                if seed in model.position:
+                    own[model.position[seed]] = weight / strongest
+        best = neighbours.max(initial=0.0)
+        parts_by_reason = {
+            "also_viewed": neighbours / best if best > 0 else neighbours,
+            "affinity": settings.neighbour_category_weight * category,
+            "viewed": settings.history_weight * own,
+        }
+        total = sum(parts_by_reason.values())
+        for item in excluded:
+            at = model.position.get(item.id) if item.kind == "procedure" else None
+            if at is not None:
+                total[at] = 0.0
+        chosen = top_positions(total, k)
+        led_by = leading_seeds(chosen, *evidence)
         return [
-            Scored(
-                ItemKey("procedure", procedure),
-                score,
-                "also_viewed" if procedure in strongest else "affinity",
-                ENGINE,
-                ItemKey("procedure", strongest[procedure][1])
-                if procedure in strongest
-                else None,
-            )
-            for procedure, score in ranked
-            if score > 0
+            self.explained(model, at, total[at], parts_by_reason, led_by)
+            for at in chosen
         ]
 
-    def category_term(self, visitor: VisitorProfile) -> dict[int, float]:
-        """The engine's category ranking (interest in a category times the
-        procedure's popularity in it), scaled so its best is 1, times
-        NEIGHBOUR_CATEGORY_WEIGHT (0: none): where items are too many for
-        neighbours to know them, the category is what is left to go by."""
-        weight = self.settings.neighbour_category_weight
-        if not weight:
-            return {}
-        ranked = self.categories.scores(visitor, "procedure")
-        best = ranked[0].score if ranked and ranked[0].score > 0 else 0.0
-        if not best:
-            return {}
-        return {s.item.id: weight * s.score / best for s in ranked if s.score > 0}
+    def category_part(self, model: NeighbourModel, visitor: VisitorProfile):
+        """Per position: interest in the procedure's category against the
+        visitor's strongest, times (0.5 + 0.5 * its popularity in the category
+        against the category's best), for their TOP_CATEGORIES categories."""
+        part = np.zeros(len(model.ids))
+        floor = self.settings.affinity_floor
+        top = sorted(
+            (
+                (score, category_id)
+                for category_id, score in visitor.affinities.items()
+                if score >= floor and category_id in model.categories
+            ),
+            key=lambda pair: (-pair[0], pair[1]),
+        )[: self.settings.top_categories]
+        for score, category_id in top:
+            positions, relative = model.categories[category_id]
+            part[positions] += score / top[0][0] * (0.5 + 0.5 * relative)
+        return part
+
+    @staticmethod
+    def explained(model, at, score, parts_by_reason, led_by) -> Scored:
+        """One chosen procedure as a Scored, with its reason and what led to it."""
+        procedure = ItemKey("procedure", int(model.ids[at]))
+        reason = max(parts_by_reason, key=lambda name: parts_by_reason[name][at])
+        because = procedure
+        if reason == "also_viewed":
+            because = ItemKey("procedure", int(model.ids[led_by[at]]))
+        elif reason == "affinity":
+            because = ItemKey("category", int(model.category_ids[at]))
+        return Scored(procedure, float(score), reason, ENGINE, because)
 
     @measured_similar
     def similar(self, item: ItemKey, k: int) -> list[Scored]:
         """The item's nearest neighbours, then what the blend would add."""
         if item.kind != "procedure":
-            return self.others.similar(item, k)
+            return self.blend.similar(item, k)
         nearest = [
-            Scored(ItemKey("procedure", other), similarity, "also_viewed", ENGINE, item)
-            for _, other, similarity in sorted(
-                self.neighbours.of([item.id]), key=lambda row: (-row[2], row[1])
-            )
+            Scored(ItemKey("procedure", other), weight, "also_viewed", ENGINE, item)
+            for other, weight in self.neighbours.model().of(item.id)
         ][:k]
         taken = {s.item for s in nearest} | {item}
         fill = [
-            s for s in self.others.similar(item, k + len(taken)) if s.item not in taken
+            s for s in self.blend.similar(item, k + len(taken)) if s.item not in taken
         ]
         return non_increasing(nearest + fill[: k - len(nearest)])
 
 
+def top_positions(total: np.ndarray, k: int) -> list[int]:
+    """The positions of the k highest positive totals, best first, ties by
+    position (procedure id order)."""
+    candidates = np.flatnonzero(total > 0)
+    if len(candidates) > k:
+        threshold = np.partition(total[candidates], len(candidates) - k)[
+            len(candidates) - k
+        ]
+        candidates = candidates[total[candidates] >= threshold]
+    order = np.lexsort((candidates, -total[candidates]))
+    return [int(at) for at in candidates[order][:k]]
+
+
+def leading_seeds(
+    chosen: list[int], targets: np.ndarray, parts: np.ndarray, owners: np.ndarray
+) -> dict[int, int]:
+    """For each chosen position its neighbours reached, the seed that
+    contributed most (the first of equals)."""
+    mine = np.flatnonzero(np.isin(targets, chosen))
+    led_by: dict[int, tuple[float, int]] = {}
+    for entry in mine:
+        target, part = int(targets[entry]), float(parts[entry])
+        if target not in led_by or part > led_by[target][0]:
+            led_by[target] = (part, int(owners[entry]))
+    return {target: seed for target, (_, seed) in led_by.items()}
+
+
 def with_neighbours(
-    recommenders: Recommenders,
-    neighbours: ProcedureNeighbours,
-    settings: Settings,
-    items: Items,
+    recommenders: Recommenders, neighbours: ProcedureNeighbours, settings: Settings
 ) -> Recommenders:
-    """The recommenders with the neighbour ranking among them (measured by the
-    offline evaluation; served once it wins there)."""
+    """The recommenders with the neighbour ranking among them."""
     ranking = NeighbourRecommender(
-        neighbours,
-        settings,
-        items,
-        recommenders.popular,
-        recommenders.blend,
-        recommenders.category_affinity,
+        neighbours, settings, recommenders.popular, recommenders.blend
     )
     return replace(recommenders, neighbours=ranking)

@@ -38,9 +38,10 @@ class UserCampaign(Protocol):
 
 class UserPersonalizationRecommender:
     """A visitor's items from the user-personalization campaign, in its order;
-    the local engine (`fallback`, the blend) fills the rest, with no second call,
+    the local engine (`fallback`) fills the rest, with no second call,
     and answers for a visitor with no history and on any failure. Similar items
-    come from `similar_source` (the SIMS campaign's recommender, or the blend)."""
+    come from `similar_source` (the SIMS campaign's recommender, or the local
+    engine)."""
 
     name = "personalize (user)"
 
@@ -100,11 +101,11 @@ def with_user_campaign(
     recommenders: Recommenders, campaign: UserCampaign | None, items: Items
 ) -> Recommenders:
     """The recommenders with the user-personalization campaign served, when one
-    is configured: the blend fills its lists, and similar items stay with the
-    SIMS campaign's recommender when there is one."""
+    is configured: the local engine fills its lists, and similar items stay
+    with the SIMS campaign's recommender when there is one."""
     if campaign is None or not campaign.user_campaign_arn:
         return recommenders
     served = UserPersonalizationRecommender(
-        campaign, recommenders.blend, items, recommenders.personalize
+        campaign, recommenders.local, items, recommenders.personalize
     )
     return replace(recommenders, user_campaign=served)

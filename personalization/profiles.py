@@ -107,17 +107,21 @@ class Profiles:
         )
 
     def histories(
-        self, visitor_ids: Iterable[str], now: datetime | None = None
+        self,
+        visitor_ids: Iterable[str],
+        now: datetime | None = None,
+        days: int | None = None,
     ) -> dict[str, list[HistoryItem]]:
         """Each visitor's most recent distinct catalog items, newest first, with the
         net weight of what they did to each.
 
         Reads at most each visitor's last HISTORY_ROWS interactions in the
-        popularity window, through the (user_id, timestamp) index: the cost grows
-        neither with the log nor with one visitor's (or bot's) own history.
+        history window (or the last `days`), through the (user_id, timestamp)
+        index: the cost grows neither with the log nor with one visitor's (or
+        bot's) own history.
         """
         since = (now or self.clock()) - timedelta(
-            days=self.settings.popularity_window_days
+            days=days or self.settings.history_window_days
         )
         visitors = sorted(set(visitor_ids) - {NO_VISITOR})
         found: dict[str, list[HistoryItem]] = defaultdict(list)

@@ -416,7 +416,7 @@ class PersonalizeRecommender:
     def __init__(
         self,
         adapter: PersonalizeAdapter,
-        local: BlendRecommender,
+        local: Recommender,
         items: Items,
         candidates: int,
     ):
@@ -502,12 +502,17 @@ class Recommenders:
     personalize: PersonalizeRecommender | None = None
     # The user-personalization campaign (personalization/personalize.py).
     user_campaign: Recommender | None = None
-    # Item neighbours (personalization/neighbours.py): measured, not yet served.
+    # The engine's procedure ranking (personalization/neighbours.py).
     neighbours: Recommender | None = None
 
     @property
+    def local(self) -> Recommender:
+        """The local engine: what Personalize re-ranks and falls back to."""
+        return self.neighbours or self.blend
+
+    @property
     def served(self) -> Recommender:
-        return self.user_campaign or self.personalize or self.blend
+        return self.user_campaign or self.personalize or self.local
 
     def for_algorithm(self, algorithm: str) -> Recommender:
         """The recommender an ALGORITHMS name stands for."""
@@ -534,7 +539,6 @@ def build_recommenders(
     items: Items,
     popularity: Popularity,
     covisitation: CoVisitation,
-    personalize: PersonalizeAdapter | None = None,
 ) -> Recommenders:
     """Wire the recommenders over one engine's statistics.
 
@@ -549,7 +553,7 @@ def build_recommenders(
         )
 
     served = blend(
-        "blended (served)",
+        "co-visitation blend",
         BlendWeights(settings.covisitation_weight, settings.history_weight),
     )
     return Recommenders(
@@ -557,9 +561,18 @@ def build_recommenders(
         category_affinity=blend("category affinity", BlendWeights(0.0, 0.0)),
         covisitation=blend("co-visitation", BlendWeights(1.0, 0.0)),
         blend=served,
-        personalize=PersonalizeRecommender(
-            personalize, served, items, settings.rerank_candidates
-        )
-        if personalize and (personalize.enabled or personalize.sims_campaign_arn)
-        else None,
     )
+
+
+def with_personalize(
+    recommenders: Recommenders,
+    personalize: PersonalizeAdapter | None,
+    items: Items,
+    candidates: int,
+) -> Recommenders:
+    """The recommenders with AWS Personalize re-ranking the local engine, when a
+    ranking or SIMS campaign is configured."""
+    if not personalize or not (personalize.enabled or personalize.sims_campaign_arn):
+        return recommenders
+    ranking = PersonalizeRecommender(personalize, recommenders.local, items, candidates)
+    return replace(recommenders, personalize=ranking)

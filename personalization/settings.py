@@ -45,9 +45,12 @@ class Settings:
     # Share of co-visitation in the blended procedure score.
     covisitation_weight: float = tunable(0.4, 0.0, 1.0)
     # Weight of the visitor's own recent items in the blend.
-    history_weight: float = tunable(0.6, 0.0, 2.0)
+    history_weight: float = tunable(0.6, 0.0, 10.0)
+    # Days of a visitor's own interactions their profile reads (their recent
+    # items and the seeds of their neighbours).
+    history_window_days: int = tunable(90, 1, None)
     # Distinct recent items of a visitor that rankings read.
-    history_size: int = tunable(50, 1, 1000)
+    history_size: int = tunable(200, 1, 1000)
     # Interactions read per visitor to find those items.
     history_rows: int = tunable(500, 1, 100_000)
     # Recent procedures whose co-visitation neighbours are candidates.
@@ -75,6 +78,11 @@ class Settings:
     neighbour_window_days: int = tunable(3650, 1, None)
     neighbour_history: int = tunable(200, 1, 10_000)
     neighbours_per_item: int = tunable(50, 1, 1000)
+    # Procedures the most visitors had that get neighbours (EASE inverts a dense
+    # matrix of this side: 3,000 take about 8 s and 200 MB), and EASE's
+    # regularisation (larger: weights lean less on rare pairs).
+    neighbour_items: int = tunable(3000, 1, 20_000)
+    neighbour_regularization: float = tunable(1000.0, 0.0, None)
     # Weight of popular procedures of the visitor's favourite categories in the
     # neighbour ranking (0: none).
     neighbour_category_weight: float = tunable(0.3, 0.0, 10.0)

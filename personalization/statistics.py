@@ -27,6 +27,7 @@ from sqlalchemy import (
 
 from models import (
     ItemPopularity,
+    Procedure,
     ProcedureCovisitation,
     UserCategoryAffinity,
     UserInteraction,
@@ -248,15 +249,7 @@ class Popularity:
             return cached[1]
         model = MODELS[kind]
         table = ItemPopularity.__table__
-        decayed_score = sql_decayed(
-            table.c.score,
-            table.c.last_updated,
-            self.settings.popularity_decay_rate,
-            self.clock(),
-        )
-        # Below the crowd threshold an item's popularity is nobody's business.
-        crowd = table.c.visitors >= self.settings.min_visitors
-        score = func.coalesce(case((crowd, decayed_score), else_=0.0), 0.0)
+        score = self._score(table)
         statement = (
             select(model.id, score)
             .outerjoin(
@@ -273,6 +266,42 @@ class Popularity:
         expires = time.monotonic() + self.settings.popularity_cache_seconds
         self._cache[kind] = (expires, found)
         return found
+
+    def by_category(self) -> dict[int, list[tuple[int, float]]]:
+        """Each category's procedures with their popularity decayed to now, best
+        first, at most POPULAR_LIST_SIZE per category; cached as `scores` is."""
+        cached = self._cache.get("by category")
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        table = ItemPopularity.__table__
+        statement = (
+            select(Procedure.category_id, Procedure.id, self._score(table))
+            .outerjoin(
+                table,
+                (table.c.target_type == "procedure")
+                & (table.c.target_id == Procedure.id),
+            )
+            .order_by(Procedure.category_id, self._score(table).desc(), Procedure.id)
+        )
+        found: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for category_id, procedure_id, score in self.session.execute(statement):
+            if len(found[category_id]) < self.settings.popular_list_size:
+                found[category_id].append((procedure_id, float(score)))
+        expires = time.monotonic() + self.settings.popularity_cache_seconds
+        self._cache["by category"] = (expires, dict(found))
+        return dict(found)
+
+    def _score(self, table):
+        """An item's popularity decayed to now; 0 below the crowd threshold (an
+        item's popularity is nobody's business until MIN_VISITORS have it)."""
+        decayed_score = sql_decayed(
+            table.c.score,
+            table.c.last_updated,
+            self.settings.popularity_decay_rate,
+            self.clock(),
+        )
+        crowd = table.c.visitors >= self.settings.min_visitors
+        return func.coalesce(case((crowd, decayed_score), else_=0.0), 0.0)
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -134,7 +134,7 @@ def test_every_tunable_is_read_from_the_environment(clean_env, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"HISTORY_WEIGHT": 5}, "HISTORY_WEIGHT must be between 0.0 and 2.0, not 5"),
+        ({"HISTORY_WEIGHT": 11}, "HISTORY_WEIGHT must be between 0.0 and 10.0, not 11"),
         ({"HISTORY_ROWS": 2.5}, "HISTORY_ROWS must be a whole number"),
         ({"POPULARITY_WINDOW_DAYS": 0}, "POPULARITY_WINDOW_DAYS must be at least 1"),
         ({"AFFINITY_DECAY_RATE": "fast"}, "AFFINITY_DECAY_RATE must be a float"),

@@ -276,8 +276,11 @@ def test_public_bench_entry_point_prints_json_for_any_csv_log(tmp_path):
     }
     assert rows["popular"]["users"] == 60
     assert set(rows["blended (tuned)"]["params"]) == {
+        "neighbour_regularization",
         "popularity_window_days",
-        "covisitation_weight",
+        "history_window_days",
+        "seed_recency_decay",
+        "neighbour_category_weight",
     }
     # Each visitor's next item follows the walk: a neighbourhood method finds it.
     assert rows["ItemKNN"]["ndcg@10"] > rows["MostPop"]["ndcg@10"]

@@ -1,7 +1,6 @@
-"""Item neighbours: cosine similarity of visitor sets, precomputed by refresh,
+"""Item neighbours: EASE weights over who had what, precomputed by refresh,
 with the privacy floor and the cap per item; and the ranking built on them."""
 
-import math
 from datetime import timedelta
 
 import pytest
@@ -58,19 +57,27 @@ def stored(system) -> dict[tuple[int, int], float]:
     return {(number(a), number(b)): similarity for a, b, similarity in rows}
 
 
-def test_similarity_is_the_cosine_of_visitor_sets(system):
-    """Visitors of 1: v1 v2 v3; of 2: v1 v2; of 3: v3 v4; of 4: v4 (alone).
-    shared(1, 2) = 2 -> 2 / sqrt(3 * 2) = 0.8165; shared(1, 3) = 1, under the
-    floor of 2 visitors (MIN_VISITORS): never stored, nor anything of 4."""
-    record(system, "v1", 1, 2)
-    record(system, "v2", 1, 2)
-    record(system, "v3", 1, 3)
-    record(system, "v4", 3, 4)
-    system.refresh_statistics()
-    assert stored(system) == {
-        (1, 2): pytest.approx(2 / math.sqrt(6)),
-        (2, 1): pytest.approx(2 / math.sqrt(6)),
-    }
+def test_weights_are_eases_on_the_pairs_enough_visitors_share(database_url, catalog):
+    """Visitors of 1: v1 v2 v3; of 2: v1 v2; of 3: v3 v4; of 4: v4 (under the
+    floor of MIN_VISITORS=2: left out). Over items 1, 2, 3 the Gram matrix is
+    G = [[3, 2, 1], [2, 2, 0], [1, 0, 2]]; with lambda = 1, A = G + I has
+    determinant 21 and P = A^-1 has P11 = 9/21, P22 = 11/21, P12 = -6/21, so
+    B12 = -P12 / P22 = 6/11 and B21 = -P12 / P11 = 2/3. The pair (1, 3) is
+    shared by one visitor only: never stored."""
+    app = create_app(
+        app_config(database_url, MIN_VISITORS=2, NEIGHBOUR_REGULARIZATION=1)
+    )
+    with app.app_context():
+        system = app.extensions["personalization"]
+        record(system, "v1", 1, 2)
+        record(system, "v2", 1, 2)
+        record(system, "v3", 1, 3)
+        record(system, "v4", 3, 4)
+        system.refresh_statistics()
+        assert stored(system) == {
+            (1, 2): pytest.approx(6 / 11),
+            (2, 1): pytest.approx(2 / 3),
+        }
 
 
 def test_negative_signals_and_old_events_make_no_neighbours(database_url, catalog):
@@ -100,7 +107,7 @@ def test_the_ranking_puts_neighbours_of_what_they_had_first(system):
         record(system, visitor, 3, 4)
     record(system, "me", 1)
     system.refresh_statistics()
-    ranking = system.recommenders.by_name()["item neighbours"]
+    ranking = system.recommenders.by_name()["blended (served)"]
     found = ranking.recommend(system.profiles.load("me"), "procedure", 5)
     assert found[0].item == procedure(2)
     assert found[0].because == procedure(1)
@@ -120,7 +127,54 @@ def test_repeat_consumption_keeps_what_they_had(database_url, catalog):
             record(system, visitor, 1, 2)
         record(system, "me", 1, 1, 1)
         system.refresh_statistics()
-        ranking = system.recommenders.by_name()["item neighbours"]
+        ranking = system.recommenders.by_name()["blended (served)"]
         found = ranking.recommend(system.profiles.load("me"), "procedure", 3)
         assert procedure(1) in [s.item for s in found[:2]]
         assert db.session.scalar(select(ProcedureNeighbour.similarity).limit(1))
+
+
+def test_refresh_reports_its_progress_over_visitors(system):
+    for visitor in ("v1", "v2", "v3"):
+        record(system, visitor, 1, 2)
+    reports = []
+    system.refresh_statistics(
+        progress=lambda done, total: reports.append((done, total))
+    )
+    assert reports[-1] == (3, 3)
+
+
+def test_a_visitor_with_no_neighbours_gets_their_category_explained(system):
+    """One click on procedure 1 (no pair is shared by two visitors): its category's
+    procedures lead, each saying which category brought it."""
+    record(system, "me", 1)
+    system.refresh_statistics()
+    ranking = system.recommenders.served
+    found = ranking.recommend(system.profiles.load("me"), "procedure", 3)
+    category = system.items.procedure_candidates((), [IDS[0]])[IDS[0]]
+    assert found[0].reason == "affinity"
+    assert found[0].because == ItemKey("category", category)
+    assert procedure(1) not in [s.item for s in found]  # what they had goes last
+
+
+def test_the_history_window_is_its_own_setting(database_url, catalog):
+    """A click 60 days ago is out of a 30-day popularity window but within a
+    90-day history window: it still leads to its neighbours."""
+    app = create_app(
+        app_config(
+            database_url,
+            MIN_VISITORS=2,
+            POPULARITY_WINDOW_DAYS=30,
+            HISTORY_WINDOW_DAYS=90,
+        )
+    )
+    with app.app_context():
+        system = app.extensions["personalization"]
+        for visitor in ("v1", "v2"):
+            record(system, visitor, 1, 2)
+        record(system, "me", 1, days_ago=60)
+        system.refresh_statistics()
+        assert system.profiles.load("me").recent == [procedure(1)]
+        found = system.recommenders.served.recommend(
+            system.profiles.load("me"), "procedure", 1
+        )
+        assert found[0].item == procedure(2) and found[0].reason == "also_viewed"

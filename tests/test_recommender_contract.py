@@ -27,7 +27,7 @@ RECOMMENDERS = [
     "blended (served)",
     "personalize",
     "personalize (user)",
-    "item neighbours",
+    "co-visitation blend",
 ]
 KINDS = ("category", "procedure", "doctor")
 CAMPAIGN = "arn:aws:personalize:us-east-1:123456789012:campaign/ranking"

@@ -65,6 +65,7 @@ def test_seed_command_reports_what_it_added(runner, app):
     assert result.exit_code == 0, result.output
     assert "Added 8 categories, 60 procedures, 40 doctors, 20 packages" in result.output
     assert "Simulated demo traffic: 300 visitors" in result.output
+    assert "item neighbours precomputed" in result.output
     again = runner.invoke(args=["seed-demo"])
     assert again.exit_code == 0
     assert "nothing to add" in again.output
