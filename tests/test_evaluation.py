@@ -312,3 +312,66 @@ def test_ease_in_the_visitors_space_matches_the_closed_form():
         # Items with the same column tie exactly; rounding may swap them.
         best = np.sort(expected[user])[::-1][:4]
         np.testing.assert_allclose(expected[user][found], best, atol=1e-9)
+
+
+def trec_eval_means(lists: dict[str, list[int]], test: dict[str, set[int]]) -> dict:
+    """NDCG@10, Recall@10 and P@10 of the same lists by trec_eval (through
+    pytrec_eval), averaged over visitors: scores fall with rank, so its tie
+    rule never reorders a list."""
+    import pytrec_eval
+
+    qrels = {v: {str(item): 1 for item in relevant} for v, relevant in test.items()}
+    run = {
+        v: {str(item): float(len(found) - place) for place, item in enumerate(found)}
+        for v, found in lists.items()
+    }
+    measures = {"ndcg_cut_10", "recall_10", "P_10"}
+    per_visitor = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    return {
+        measure: sum(found[measure] for found in per_visitor.values()) / len(test)
+        for measure in measures
+    }
+
+
+def assert_metrics_match_trec_eval(rank, test, exclude) -> None:
+    lists: dict[str, list[int]] = {}
+
+    def recorded(visitor, excluded, k):
+        found = list(dict.fromkeys(i for i in rank(visitor, excluded, k)))
+        lists[visitor] = [i for i in found if i not in excluded][:k]
+        return found
+
+    ours = score_rankings(recorded, test, 10, 1000, exclude, resample=False)
+    reference = trec_eval_means(lists, test)
+    assert ours["ndcg@10"] == pytest.approx(reference["ndcg_cut_10"], abs=1e-9)
+    assert ours["recall@10"] == pytest.approx(reference["recall_10"], abs=1e-9)
+    assert ours["precision@10"] == pytest.approx(reference["P_10"], abs=1e-9)
+
+
+def test_metrics_match_trec_eval_on_random_lists():
+    import random
+
+    generator = random.Random(7)
+    test = {
+        f"v{n}": set(generator.sample(range(50), generator.randint(1, 12)))
+        for n in range(300)
+    }
+    lists = {v: generator.sample(range(50), 10) for v in test}
+    assert_metrics_match_trec_eval(lambda v, excluded, k: lists[v], test, {})
+
+
+def test_metrics_match_trec_eval_on_the_movielens_runs():
+    """The very lists the offline evaluation scores on MovieLens 100K (leave-last-
+    out, seen items excluded), for MostPop and EASE."""
+    from bench.evaluate_public import DATA, WEIGHTS, load_movielens
+    from bench.references import Matrix, ease
+
+    if not (DATA / "ml-100k" / "u.data").exists():
+        pytest.skip(f"MovieLens 100K is not at {DATA / 'ml-100k'}")
+    _, _, events, relevant_from = load_movielens()
+    split = split_log(events, "leave-last-out", WEIGHTS, relevant_from)
+    for rank in (
+        most_popular(split.train, WEIGHTS),
+        ease(Matrix(split.train, WEIGHTS), 100),
+    ):
+        assert_metrics_match_trec_eval(rank, split.test, split.exclude)
