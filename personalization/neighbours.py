@@ -330,14 +330,6 @@ class NeighbourRecommender:
         ]
         return non_increasing(scored + fill + last[:room])
 
-    def scores(self, visitor: VisitorProfile, kind: str) -> list[Scored]:
-        """The visitor's personal scores for one kind, best first (no fill), as
-        the blend's are: what Personalize re-ranks."""
-        if kind != "procedure":
-            return self.blend.scores(visitor, kind)
-        seeds = self.seeds(visitor)
-        return self.ranked(visitor, seeds, self.settings.rerank_candidates, set())
-
     def seeds(self, visitor: VisitorProfile) -> dict[int, float]:
         """The visitor's recent distinct procedures (not disliked), newest first,
         each with SEED_RECENCY_DECAY^place times their net interest in it."""
