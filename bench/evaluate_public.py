@@ -101,7 +101,8 @@ CSV_PROTOCOLS = ("leave-last-out", "temporal", "repeat-aware")
 # longer than the log are the whole log. Own history counts only where seen items
 # may be shown.
 ENGINE_BUILD_GRID = {
-    "neighbour_regularization": (250.0, 1000.0, 2500.0),
+    "neighbour_regularization": (250.0, 1000.0),
+    "neighbours_per_item": (50, 100),
     "popularity_window_days": (30, 3650),
 }
 ENGINE_RANKING_GRID = {

@@ -277,6 +277,7 @@ def test_public_bench_entry_point_prints_json_for_any_csv_log(tmp_path):
     assert rows["popular"]["users"] == 60
     assert set(rows["blended (tuned)"]["params"]) == {
         "neighbour_regularization",
+        "neighbours_per_item",
         "popularity_window_days",
         "history_window_days",
         "seed_recency_decay",
