@@ -110,7 +110,11 @@ ENGINE_RANKING_GRID = {
     "seed_recency_decay": (0.85, 0.95),
     "neighbour_category_weight": (0.1, 0.3),
 }
-ENGINE_REPEAT_GRID = {"repeat_consumption": (1,), "history_weight": (1.0, 3.0)}
+ENGINE_REPEAT_GRID = {
+    "repeat_consumption": (1,),
+    "history_weight": (1.0, 3.0),
+    "repeat_decay": (0.9, 0.97),
+}
 WINDOWS = ("popularity_window_days", "history_window_days")
 # MAX_PER_CATEGORY values whose cost the tuned ranking reports.
 DIVERSITY_LIMITS = (3, 2)

@@ -107,9 +107,11 @@ class NeighbourModel:
         cls,
         by_category: dict[int, list[tuple[int, float]]],
         pairs: list[tuple[int, int, float]],
+        per_category: int,
     ) -> "NeighbourModel":
-        """From popularity by category and (procedure, neighbour, weight) rows
-        sorted by procedure then best first."""
+        """From every procedure's popularity by category, (procedure, neighbour,
+        weight) rows sorted by procedure then best first, and how many of each
+        category's most popular procedures its term reaches."""
         category_of = {
             pid: category_id
             for category_id, found in by_category.items()
@@ -121,7 +123,8 @@ class NeighbourModel:
         for procedure_id, _, _ in pairs:
             counts[position[procedure_id] + 1] += 1
         categories = {}
-        for category_id, found in by_category.items():
+        for category_id, everything in by_category.items():
+            found = everything[:per_category]
             best = found[0][1] if found and found[0][1] > 0 else 0.0
             categories[category_id] = (
                 np.array([position[pid] for pid, _ in found], dtype=np.int64),
@@ -268,7 +271,9 @@ class ProcedureNeighbours:
                 table.procedure_id, table.similarity.desc(), table.neighbour_id
             )
         ).all()
-        model = NeighbourModel.build(self.popularity.by_category(), pairs)
+        model = NeighbourModel.build(
+            self.popularity.by_category(), pairs, self.settings.popular_list_size
+        )
         expires = time.monotonic() + self.settings.popularity_cache_seconds
         self._cached = (expires, model)
         return model
@@ -360,11 +365,11 @@ class NeighbourRecommender:
         neighbours, *evidence = model.neighbour_scores(seeds)
         category = self.category_part(model, visitor)
         own = np.zeros(len(model.ids))
-        if settings.repeat_consumption and seeds:
-            strongest = max(seeds.values())
-            for seed, weight in seeds.items():
-                if seed in model.position:
-                    own[model.position[seed]] = weight / strongest
+        if settings.repeat_consumption and visitor.returns:
+            strongest = max(visitor.returns.values())
+            for procedure_id, weight in visitor.returns.items():
+                if procedure_id in model.position:
+                    own[model.position[procedure_id]] = weight / strongest
         best = neighbours.max(initial=0.0)
         parts_by_reason = {
             "also_viewed": neighbours / best if best > 0 else neighbours,

@@ -3,7 +3,7 @@ their recent distinct items, read by visitor id through indexes, never a log sca
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, bindparam, func, select, union_all
@@ -45,6 +45,9 @@ class VisitorProfile:
     interest: dict[ItemKey, float] = field(default_factory=dict)
     # The city they chose to see doctors in: a regional signal.
     city: str | None = None
+    # With REPEAT_CONSUMPTION: how likely they come back to each procedure they
+    # had (see Profiles.returns).
+    returns: dict[int, float] = field(default_factory=dict)
     # Scores a recommender worked out for this visitor, kept for the rest of the
     # page: its procedure and doctor sections share one blend.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
@@ -99,12 +102,41 @@ class Profiles:
         if not visitor_id:
             return anonymous()
         history = self.histories({visitor_id}).get(visitor_id, [])
-        return VisitorProfile.from_history(
+        profile = VisitorProfile.from_history(
             visitor_id,
             self.affinity.of_visitor(visitor_id),
             history,
             self.preferences.city(visitor_id),
         )
+        if self.settings.repeat_consumption:
+            return replace(profile, returns=self.returns(visitor_id))
+        return profile
+
+    def returns(self, visitor_id: str) -> dict[int, float]:
+        """Each procedure the visitor had, by recency-weighted visits: every
+        positive interaction among their last HISTORY_ROWS counts REPEAT_DECAY
+        to the power of how many positive ones came after it (the repeat-aware
+        reference of the offline evaluation, own history). One indexed query."""
+        log = UserInteraction.__table__
+        since = self.clock() - timedelta(days=self.settings.history_window_days)
+        rows = self.session.execute(
+            select(log.c.target_id, log.c.interaction_type)
+            .where(
+                log.c.user_id == visitor_id,
+                log.c.timestamp >= since,
+                log.c.target_type == "procedure",
+            )
+            .order_by(log.c.timestamp.desc(), log.c.id.desc())
+            .limit(self.settings.history_rows)
+        )
+        decay = self.settings.repeat_decay
+        found: dict[int, float] = defaultdict(float)
+        steps = 0
+        for procedure_id, kind in rows:
+            if self.settings.weight(kind) > 0:
+                found[procedure_id] += decay**steps
+                steps += 1
+        return dict(found)
 
     def histories(
         self,

@@ -89,6 +89,9 @@ class Settings:
     # 1 where visitors come back to what they had (the neighbour ranking keeps
     # their own items, scored by HISTORY_WEIGHT); 0 leaves them out.
     repeat_consumption: int = tunable(0, 0, 1)
+    # There, each earlier visit to a procedure counts this much less than the
+    # next (per interaction, as the evaluation's own-history reference counts).
+    repeat_decay: float = tunable(0.97, 0.0, 1.0)
     # At most this many procedures of one category in the top 10 of a list (0: no
     # limit): variety at a cost in accuracy (BENCHMARKS.md measures it).
     max_per_category: int = tunable(0, 0, 10)

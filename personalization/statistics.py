@@ -268,8 +268,8 @@ class Popularity:
         return found
 
     def by_category(self) -> dict[int, list[tuple[int, float]]]:
-        """Each category's procedures with their popularity decayed to now, best
-        first, at most POPULAR_LIST_SIZE per category; cached as `scores` is."""
+        """Each category's procedures, every one, with their popularity decayed
+        to now, best first; cached as `scores` is."""
         cached = self._cache.get("by category")
         if cached and cached[0] > time.monotonic():
             return cached[1]
@@ -285,8 +285,7 @@ class Popularity:
         )
         found: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for category_id, procedure_id, score in self.session.execute(statement):
-            if len(found[category_id]) < self.settings.popular_list_size:
-                found[category_id].append((procedure_id, float(score)))
+            found[category_id].append((procedure_id, float(score)))
         expires = time.monotonic() + self.settings.popularity_cache_seconds
         self._cache["by category"] = (expires, dict(found))
         return dict(found)

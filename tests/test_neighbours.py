@@ -119,18 +119,41 @@ def test_the_ranking_puts_neighbours_of_what_they_had_first(system):
     assert len(ranking.recommend(anonymous(), "procedure", 5)) == 5
 
 
-def test_repeat_consumption_keeps_what_they_had(database_url, catalog):
-    app = create_app(app_config(database_url, MIN_VISITORS=2, REPEAT_CONSUMPTION=1))
+def test_repeat_consumption_ranks_what_they_came_back_to_first(database_url, catalog):
+    """With REPEAT_CONSUMPTION, own procedures lead by recency-weighted visits
+    (REPEAT_DECAY per later visit): newest first, three visits to 1 count
+    1 + 0.9 + 0.81 = 2.71, the earlier ones to 5 and 6 0.9^3 and 0.9^4; with
+    HISTORY_WEIGHT 10 they come before neighbours, even outside their category's
+    most popular (POPULAR_LIST_SIZE=1)."""
+    app = create_app(
+        app_config(
+            database_url,
+            MIN_VISITORS=2,
+            REPEAT_CONSUMPTION=1,
+            REPEAT_DECAY=0.9,
+            HISTORY_WEIGHT=10,
+            POPULAR_LIST_SIZE=1,
+        )
+    )
     with app.app_context():
         system = app.extensions["personalization"]
         for visitor in ("v1", "v2"):
             record(system, visitor, 1, 2)
-        record(system, "me", 1, 1, 1)
+        record(system, "me", 6, days_ago=4)
+        record(system, "me", 5, days_ago=3)
+        for days_ago in (2.5, 2, 1.5):
+            record(system, "me", 1, days_ago=days_ago)
         system.refresh_statistics()
-        ranking = system.recommenders.by_name()["blended (served)"]
-        found = ranking.recommend(system.profiles.load("me"), "procedure", 3)
-        assert procedure(1) in [s.item for s in found[:2]]
-        assert db.session.scalar(select(ProcedureNeighbour.similarity).limit(1))
+        profile = system.profiles.load("me")
+        assert profile.returns == {
+            IDS[0]: pytest.approx(2.71),
+            IDS[4]: pytest.approx(0.729),
+            IDS[5]: pytest.approx(0.6561),
+        }
+        found = system.recommenders.served.recommend(profile, "procedure", 4)
+        assert [s.item for s in found[:3]] == [procedure(1), procedure(5), procedure(6)]
+        assert found[0].reason == "viewed"
+        assert found[3].item == procedure(2)  # then 1's neighbour
 
 
 def test_refresh_reports_its_progress_over_visitors(system):
