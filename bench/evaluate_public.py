@@ -377,8 +377,12 @@ def markdown(reports: dict, k: int) -> str:
         "Every reference is tuned on a validation split (the same protocol applied "
         "to the training part) and retrained on the whole training part; the "
         "engine rows replay the site's own recommenders (replay_system) with seen "
-        "items left out and filled from popular; 'blended (served)' runs the "
-        "default settings, 'blended (tuned)' the grid's best on validation.",
+        "items left out and filled from popular; 'blended (served)' is the served "
+        "ranking at the default settings, 'blended (tuned)' the same with the "
+        "grid's best on validation (ENGINE_*_GRID), and its 'at most N per "
+        "category' rows what MAX_PER_CATEGORY costs it; 'co-visitation blend' is "
+        "the ranking served before issue 16, 'category affinity' and "
+        "'co-visitation' its parts alone.",
         "",
     ]
     for name, by_protocol in reports.items():

@@ -149,12 +149,11 @@ class NeighbourModel:
         found = zip(self.neighbours[entries], self.weights[entries], strict=True)
         return [(int(self.ids[n]), float(w)) for n, w in found]
 
-    def neighbour_scores(
+    def neighbour_entries(
         self, seeds: dict[int, float]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per position, the sum of each seed's weight times its neighbour
-        weight; with the entries (neighbour positions, contributions, seed
-        positions) behind it, to say which seed led."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (neighbour position, seed's weight times neighbour weight, seed
+        position) of the seeds' neighbours, as three arrays."""
         found = [
             (self.position[seed], weight)
             for seed, weight in seeds.items()
@@ -162,7 +161,7 @@ class NeighbourModel:
         ]
         if not found:
             empty = np.zeros(0, dtype=np.int64)
-            return np.zeros(len(self.ids)), empty, np.zeros(0), empty
+            return empty, np.zeros(0), empty
         positions = np.array([at for at, _ in found], dtype=np.int64)
         firsts = self.starts[positions]
         lengths = self.starts[positions + 1] - firsts
@@ -171,8 +170,7 @@ class NeighbourModel:
         entries = np.arange(lengths.sum()) + np.repeat(firsts - offsets, lengths)
         targets = self.neighbours[entries]
         parts = self.weights[entries] * np.repeat([w for _, w in found], lengths)
-        totals = np.bincount(targets, weights=parts, minlength=len(self.ids))
-        return totals, targets, parts, np.repeat(positions, lengths)
+        return targets, parts, np.repeat(positions, lengths)
 
 
 class ProcedureNeighbours:
@@ -328,12 +326,10 @@ class NeighbourRecommender:
         taken = held_back | {s.item for s in scored}
         fill = self.popular.recommend(visitor, kind, k - len(scored), taken)
         room = k - len(scored) - len(fill)
-        last = [
-            Scored(item, 0.0, "viewed", FALLBACK, item)
-            for item in seen
-            if item not in excluded
-        ]
-        return non_increasing(scored + fill + last[:room])
+        last = [item for item in seen if item not in excluded][: max(room, 0)]
+        return non_increasing(
+            scored + fill + [Scored(i, 0.0, "viewed", FALLBACK, i) for i in last]
+        )
 
     def seeds(self, visitor: VisitorProfile) -> dict[int, float]:
         """The visitor's recent distinct procedures (not disliked), newest first,
@@ -362,37 +358,50 @@ class NeighbourRecommender:
         if not visitor.visitor_id or not len(model.ids) or k <= 0:
             return []
         settings = self.settings
-        neighbours, *evidence = model.neighbour_scores(seeds)
-        category = self.category_part(model, visitor)
-        own = np.zeros(len(model.ids))
-        if settings.repeat_consumption and visitor.returns:
-            strongest = max(visitor.returns.values())
-            for procedure_id, weight in visitor.returns.items():
-                if procedure_id in model.position:
-                    own[model.position[procedure_id]] = weight / strongest
-        best = neighbours.max(initial=0.0)
-        parts_by_reason = {
-            "also_viewed": neighbours / best if best > 0 else neighbours,
-            "affinity": settings.neighbour_category_weight * category,
-            "viewed": settings.history_weight * own,
+        evidence = model.neighbour_entries(seeds)
+        parts = {  # reason -> (positions, values), one entry per contribution
+            "also_viewed": evidence[:2],
+            "affinity": self.category_entries(model, visitor),
+            "viewed": self.own_entries(model, visitor),
         }
-        total = sum(parts_by_reason.values())
-        for item in excluded:
-            at = model.position.get(item.id) if item.kind == "procedure" else None
-            if at is not None:
-                total[at] = 0.0
+        # Only the candidates are scored, never the whole catalog (Taobao: 55k).
+        candidates, where = np.unique(
+            np.concatenate([positions for positions, _ in parts.values()]),
+            return_inverse=True,
+        )
+        summed = {}
+        start = 0
+        for reason, (positions, values) in parts.items():
+            stop = start + len(positions)
+            # (float even when empty: bincount of no weights gives integers)
+            summed[reason] = np.bincount(
+                where[start:stop], weights=values, minlength=len(candidates)
+            ).astype(np.float64)
+            start = stop
+        best = summed["also_viewed"].max(initial=0.0)
+        if best > 0:
+            summed["also_viewed"] /= best
+        summed["affinity"] *= settings.neighbour_category_weight
+        summed["viewed"] *= settings.history_weight
+        total = sum(summed.values())
+        held_back = [
+            model.position[item.id]
+            for item in excluded
+            if item.kind == "procedure" and item.id in model.position
+        ]
+        if held_back:
+            total[np.isin(candidates, held_back, kind="table")] = 0.0
         chosen = top_positions(total, k)
-        led_by = leading_seeds(chosen, *evidence)
+        led_by = leading_seeds(candidates[chosen], *evidence)
         return [
-            self.explained(model, at, total[at], parts_by_reason, led_by)
+            self.explained(model, candidates[at], total[at], summed, at, led_by)
             for at in chosen
         ]
 
-    def category_part(self, model: NeighbourModel, visitor: VisitorProfile):
-        """Per position: interest in the procedure's category against the
+    def category_entries(self, model: NeighbourModel, visitor: VisitorProfile):
+        """(positions, values): interest in the procedure's category against the
         visitor's strongest, times (0.5 + 0.5 * its popularity in the category
         against the category's best), for their TOP_CATEGORIES categories."""
-        part = np.zeros(len(model.ids))
         floor = self.settings.affinity_floor
         top = sorted(
             (
@@ -402,21 +411,42 @@ class NeighbourRecommender:
             ),
             key=lambda pair: (-pair[0], pair[1]),
         )[: self.settings.top_categories]
-        for score, category_id in top:
-            positions, relative = model.categories[category_id]
-            part[positions] += score / top[0][0] * (0.5 + 0.5 * relative)
-        return part
+        if not top:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        positions = [model.categories[category_id][0] for _, category_id in top]
+        values = [
+            score / top[0][0] * (0.5 + 0.5 * model.categories[category_id][1])
+            for score, category_id in top
+        ]
+        return np.concatenate(positions), np.concatenate(values)
+
+    def own_entries(self, model: NeighbourModel, visitor: VisitorProfile):
+        """(positions, values): with REPEAT_CONSUMPTION, the visitor's own
+        procedures by recency-weighted visits against their strongest."""
+        returns = {
+            model.position[procedure_id]: weight
+            for procedure_id, weight in visitor.returns.items()
+            if procedure_id in model.position
+        }
+        if not self.settings.repeat_consumption or not returns:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        strongest = max(returns.values())
+        return (
+            np.array(list(returns), dtype=np.int64),
+            np.array(list(returns.values())) / strongest,
+        )
 
     @staticmethod
-    def explained(model, at, score, parts_by_reason, led_by) -> Scored:
-        """One chosen procedure as a Scored, with its reason and what led to it."""
-        procedure = ItemKey("procedure", int(model.ids[at]))
-        reason = max(parts_by_reason, key=lambda name: parts_by_reason[name][at])
+    def explained(model, position, score, summed, at, led_by) -> Scored:
+        """One chosen procedure (candidate `at`, at `position` in the model) as a
+        Scored, with the part of its score that weighed most as its reason."""
+        procedure = ItemKey("procedure", int(model.ids[position]))
+        reason = max(summed, key=lambda name: summed[name][at])
         because = procedure
         if reason == "also_viewed":
-            because = ItemKey("procedure", int(model.ids[led_by[at]]))
+            because = ItemKey("procedure", int(model.ids[led_by[int(position)]]))
         elif reason == "affinity":
-            because = ItemKey("category", int(model.category_ids[at]))
+            because = ItemKey("category", int(model.category_ids[position]))
         return Scored(procedure, float(score), reason, ENGINE, because)
 
     @measured_similar
@@ -449,11 +479,11 @@ def top_positions(total: np.ndarray, k: int) -> list[int]:
 
 
 def leading_seeds(
-    chosen: list[int], targets: np.ndarray, parts: np.ndarray, owners: np.ndarray
+    chosen: np.ndarray, targets: np.ndarray, parts: np.ndarray, owners: np.ndarray
 ) -> dict[int, int]:
     """For each chosen position its neighbours reached, the seed that
     contributed most (the first of equals)."""
-    mine = np.flatnonzero(np.isin(targets, chosen))
+    mine = np.flatnonzero(np.isin(targets, chosen, kind="table"))
     led_by: dict[int, tuple[float, int]] = {}
     for entry in mine:
         target, part = int(targets[entry]), float(parts[entry])
