@@ -406,9 +406,9 @@ class ProcedureCovisitation(db.Model):
 
 
 class ProcedureNeighbour(db.Model):
-    """A procedure's nearest neighbours by who interacted with both: cosine
-    similarity of their visitor sets, the best NEIGHBOURS_PER_ITEM per procedure,
-    rebuilt by `flask personalization refresh` (personalization/neighbours.py)."""
+    """A procedure's nearest neighbours by who interacted with both: EASE
+    item-item weights, the best NEIGHBOURS_PER_ITEM per procedure, rebuilt by
+    `flask personalization refresh` (personalization/neighbours.py)."""
 
     __tablename__ = "procedure_neighbours"
 

@@ -17,8 +17,9 @@ query beyond the visitor's profile:
           + HISTORY_WEIGHT * own / their best        (only with REPEAT_CONSUMPTION)
 
 Each of the visitor's recent distinct procedures counts SEED_RECENCY_DECAY^place
-times their own net interest in it. Without REPEAT_CONSUMPTION what they had goes
-last; popularity fills what is left, so no list comes back short.
+times their own net interest in it; own counts their recency-weighted visits
+(Profiles.returns). Without REPEAT_CONSUMPTION what they had goes last;
+popularity fills what is left, so no list comes back short.
 """
 
 import time
