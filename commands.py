@@ -28,8 +28,9 @@ from personalization.evaluation import (
 )
 from personalization.events import Interaction, ItemKey, VisitorInteraction
 from personalization.experiment import format_report
-from personalization_system import current_system, replay_system
+from personalization_system import current_system
 from personalize_client import PersonalizeUnavailable
+from replay import replay_system
 
 
 @click.command("seed-demo")
@@ -189,6 +190,37 @@ def refresh_command() -> None:
         f"{counts['procedure_neighbours']} item neighbours "
         f"in {time.monotonic() - started:.2f}s."
     )
+
+
+@personalization.command("aggregate")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.05),
+    default=None,
+    help="Keep aggregating, every this many seconds, until stopped.",
+)
+def aggregate_command(watch: float | None) -> None:
+    """Fold logged interactions into affinities, popularity and co-visitation.
+
+    Server workers do this by themselves every AGGREGATION_INTERVAL_SECONDS;
+    this runs it now (after a bulk load, or as a worker of its own with
+    --watch). The aggregation lock keeps concurrent runs from counting twice.
+    """
+    system = current_system()
+    while True:
+        started = time.monotonic()
+        try:
+            folded = system.aggregate()
+        except SQLAlchemyError as error:
+            raise click.ClickException(f"aggregation failed: {error}") from error
+        if watch is None or folded:
+            click.echo(
+                f"Aggregated {folded} interactions "
+                f"in {time.monotonic() - started:.2f}s."
+            )
+        if watch is None:
+            return
+        time.sleep(watch)
 
 
 @personalization.command("sync-events")

@@ -7,6 +7,8 @@ project folder by itself (tests and benchmarks that start gunicorn get it too).
   against sync workers on this project's pages (bench/serving.py): the same
   throughput, as the work per request is the same and the machine's cores are
   the limit either way.
+- psycopg2 waits for PostgreSQL through gevent (psycogreen, post_fork), so a
+  worker serves other requests while one waits on a commit or a lock.
 - One worker per core (WEB_CONCURRENCY overrides): 4 sync workers on 2 cores
   served fewer pages than 2.
 - The access log keeps no query string (searches are interests: health data),
@@ -71,6 +73,17 @@ def on_starting(server):
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()
+
+
+def post_fork(server, worker):
+    """Let a gevent worker's other requests run while psycopg2 waits for
+    PostgreSQL (a commit, a lock): without it, each query stalls the worker."""
+    from gunicorn.workers.ggevent import GeventWorker
+
+    if isinstance(worker, GeventWorker):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
 
 
 def child_exit(server, worker):

@@ -327,9 +327,17 @@ class UserInteraction(db.Model):
 
     __tablename__ = "user_interactions"
     # A visitor's recent history is read on every personalized page: keep it an
-    # index range scan however long the log grows.
+    # index range scan however long the log grows. Its own index leaves page
+    # views out, so a visitor's many page views never slow it down.
     __table_args__ = (
         Index("ix_user_interactions_user_id_timestamp", "user_id", "timestamp"),
+        Index(
+            "ix_user_interactions_item_history",
+            "user_id",
+            "timestamp",
+            postgresql_where=text("target_id IS NOT NULL"),
+            sqlite_where=text("target_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -346,6 +354,23 @@ class UserInteraction(db.Model):
         server_default=func.now(),
         index=True,
     )
+
+
+class PendingInteraction(db.Model):
+    """A logged interaction not yet folded into affinities, popularity and
+    co-visitation: requests only append to the log and to this table; the
+    aggregator (personalization/aggregation.py) folds rows in and deletes them
+    from here in one transaction, so each counts exactly once. Erasing or
+    expiring the interaction removes it here too."""
+
+    __tablename__ = "pending_interactions"
+
+    interaction_id: Mapped[int] = mapped_column(
+        ForeignKey("user_interactions.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Whose it is: "has this visitor anything waiting?" on every page, from a
+    # small index.
+    user_id: Mapped[str] = mapped_column(String(32), index=True)
 
 
 class UserCategoryAffinity(db.Model):

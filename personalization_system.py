@@ -13,17 +13,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 
 from flask import Flask, current_app
-from sqlalchemy import StaticPool, create_engine, insert
-from sqlalchemy.orm import Session
 
-from models import Base, Category, Procedure, UserInteraction, db, utcnow
-from personalization import evaluation
+from models import db, utcnow
+from personalization.aggregation import Aggregation
 from personalization.consultations import Consultations, Contact, as_record
 from personalization.dashboard import Dashboard
 from personalization.events import (
@@ -33,17 +30,16 @@ from personalization.events import (
     VisitorInteraction,
 )
 from personalization.experiment import CONTROL, Experiment, ExperimentReport
-from personalization.export import export_datasets, sync_catalog
 from personalization.identity import Identity
 from personalization.impressions import Impressions
-from personalization.ingest import TRACKER, ExternalResult, Ingest, log_row
+from personalization.ingest import TRACKER, ExternalResult, Ingest
 from personalization.items import Items
 from personalization.neighbours import ProcedureNeighbours, with_neighbours
-from personalization.outbox import Backlog, Outbox
+from personalization.outbox import Outbox
 from personalization.personalize import with_user_campaign
 from personalization.preferences import Preferences
 from personalization.privacy import Privacy
-from personalization.profiles import Profiles
+from personalization.profiles import Profiles, VisitorProfile, anonymous
 from personalization.ranking import HomeSections, Ranking, Sections
 from personalization.recommenders import (
     HYBRID,
@@ -52,11 +48,11 @@ from personalization.recommenders import (
     build_recommenders,
     with_personalize,
 )
-from personalization.regions import CityRates, match_rates
 from personalization.rejections import Rejections
-from personalization.retention import Retention, RetentionTask
+from personalization.retention import Retention
 from personalization.settings import Settings
 from personalization.statistics import Affinity, CoVisitation, Popularity
+from personalization_maintenance import Maintenance
 from personalize_client import PersonalizeClient
 from search import result_categories
 
@@ -65,7 +61,7 @@ log = logging.getLogger(__name__)
 EXTENSION = "personalization"
 
 
-class PersonalizationSystem:
+class PersonalizationSystem(Maintenance):
     """The engine, wired over one database session, with its transactions."""
 
     def __init__(
@@ -101,12 +97,22 @@ class PersonalizationSystem:
             settings,
             self.identity,
             self.items,
-            self.profiles,
-            (self.affinity, self.popularity, self.covisitation),
             self.outbox if stream_events else None,
             search_categories,
             clock,
         )
+        self.aggregation = Aggregation(
+            session,
+            settings,
+            self.profiles,
+            (self.affinity, self.popularity, self.covisitation),
+            self.ingest.category_shares,
+            clock,
+        )
+        # Fold what a request logs into the statistics before it answers: when
+        # no background aggregator runs (AGGREGATION_INTERVAL_SECONDS=0, tests,
+        # the offline evaluation). init_app turns it off when one does.
+        self.aggregate_inline = True
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
@@ -178,9 +184,29 @@ class PersonalizationSystem:
         )
 
     def record(self, entries: list[VisitorInteraction], now=None) -> int:
-        """Store interactions of any visitors; committed on return."""
+        """Store interactions of any visitors; committed (durable) on return, and
+        in the statistics within AGGREGATION_INTERVAL_SECONDS (see aggregate)."""
         with self.transaction():
-            return self.ingest.record(entries, now)
+            recorded = self.ingest.record(entries, now)
+        self.after_logging()
+        return recorded
+
+    def record_page(
+        self,
+        visitor_id: str,
+        session_id: str,
+        view: Interaction | None,
+        impressions: tuple[str, dict[str, Ranking | None], str | None] | None,
+    ) -> None:
+        """One page's view and lists shown (request id, {list name: Ranking},
+        experiment arm) for a tracked visitor, in one transaction (committed)."""
+        with self.transaction():
+            if view:
+                self.ingest.record([VisitorInteraction(visitor_id, session_id, view)])
+            if impressions:
+                self.impressions.record(visitor_id, *impressions)
+        if view:
+            self.after_logging()
 
     def record_external(
         self,
@@ -195,7 +221,21 @@ class PersonalizationSystem:
         with self.transaction():
             result = self.ingest.record_external(events, received_at)
             self.rejections.count((skipped or Counter()) + result.refused)
-            return result
+        self.after_logging()
+        return result
+
+    # Pages read the visitor's own writes
+
+    def profile(self, visitor_id: str | None) -> VisitorProfile:
+        """What rankings know of a visitor, their own latest interactions
+        included (read your writes): one query when this process has their
+        profile, after aggregating first if some of theirs wait for it."""
+        if not visitor_id:
+            return anonymous()
+        state = self.profiles.state(visitor_id)
+        if state.pending:
+            self.aggregate()
+        return self.profiles.load(visitor_id, state)
 
     # Rankings
 
@@ -210,7 +250,7 @@ class PersonalizationSystem:
         """The home page's sections for one visitor ({"category": 6, ...}); the
         experiment's control arm gets popular lists (see Sections.home)."""
         return self.sections.home(
-            self.profiles.load(visitor_id),
+            self.profile(visitor_id),
             sizes,
             recently_viewed,
             popular_in_city,
@@ -227,7 +267,7 @@ class PersonalizationSystem:
         """One kind of item ranked for a visitor (None: popular) by one of the
         ALGORITHMS (the served one by default)."""
         return self.sections.section(
-            self.profiles.load(visitor_id),
+            self.profile(visitor_id),
             kind,
             limit,
             recommender=self.recommenders.for_algorithm(algorithm),
@@ -294,7 +334,8 @@ class PersonalizationSystem:
                 self.ingest.record(
                     [VisitorInteraction(visitor_id, tracked_session, submit)], None
                 )
-            return request.reference
+        self.after_logging()
+        return request.reference
 
     def consultation(self, reference: str):
         """One request by its reference (the confirmation page), or None."""
@@ -316,75 +357,6 @@ class PersonalizationSystem:
         with self.transaction():
             self.preferences.choose_city(visitor_id, city)
 
-    def regional_match_rates(
-        self, sample_size: int, k: int, seed: int = 0
-    ) -> list[CityRates]:
-        """Per chosen city: how often each procedure is in a sampled visitor's
-        top k, as the home page ranks it."""
-        with self.reading():
-            return match_rates(
-                self.preferences.visitors_by_city(),
-                lambda visitor_id: self.sections.home_procedure_ids(
-                    self.profiles.load(visitor_id), k
-                ),
-                sample_size,
-                seed,
-            )
-
-    # Maintenance
-
-    def refresh_statistics(self, now=None, progress=None) -> dict[str, int]:
-        """Rebuild popularity, co-visitation and item neighbours from the log as
-        of `now`; the neighbours report (visitors done, in all) to `progress`."""
-        now = now or self.clock()
-        with self.transaction():
-            self.popularity.rebuild(now)
-            self.covisitation.rebuild(now)
-            self.neighbours.rebuild(now, progress)
-        self.popularity.clear_cache()
-        return {
-            "item_popularity": self.popularity.size(),
-            "procedure_covisitation": self.covisitation.size(),
-            "procedure_neighbours": self.neighbours.size(),
-        }
-
-    def sync_personalize_events(
-        self, client: PersonalizeClient, max_events: int = 1000, now=None
-    ) -> dict[str, int]:
-        """Stream queued interactions to Personalize, each accepted call committed
-        on its own (see Outbox.deliver); say how many went and how many wait."""
-        return self.outbox.deliver(
-            client, max_events, now or utcnow(), self.transaction, utcnow
-        )
-
-    def sync_personalize_catalog(self, client, users_since=None) -> dict[str, int]:
-        """Send the catalog and recently active visitors to Personalize."""
-        with self.reading():
-            return sync_catalog(self.session, client, users_since)
-
-    def outbox_backlog(self) -> Backlog:
-        """Events waiting for Personalize, and dead letters (refused too often)."""
-        with self.reading():
-            return self.outbox.backlog()
-
-    def retention_tasks(self, days: int, now: datetime) -> list[RetentionTask]:
-        """What the cleanup deletes, table by table."""
-        return self.retention.tasks(days, now)
-
-    def count(self, task: RetentionTask) -> int:
-        """How many rows a cleanup task would delete."""
-        return self.retention.count(task)
-
-    def delete_in_batches(self, task: RetentionTask, batch_size: int) -> Iterator[int]:
-        """Delete a task's rows batch by batch, each in its own short transaction,
-        so the site keeps serving; yield how many each batch deleted."""
-        while True:
-            with self.transaction():
-                deleted = self.retention.delete_batch(task, batch_size)
-            if not deleted:
-                return
-            yield deleted
-
     # One visitor's own data (privacy page, "download my data", "forget me")
 
     def visitor_summary(self, visitor_id: str) -> dict:
@@ -400,20 +372,11 @@ class PersonalizationSystem:
     def forget_visitor(self, visitor_id: str) -> dict[str, int]:
         """Erase everything stored under this visitor id; say what went."""
         with self.transaction():
-            return self.privacy.forget(visitor_id)
-
-    def export_datasets(self, output_dir: Path) -> dict[str, int]:
-        """Write the Personalize dataset files; rows written per file."""
-        with self.reading():
-            return export_datasets(self.session, self.settings, output_dir)
-
-    def evaluate(self, test: dict[str, set[int]], k: int, catalog_size: int) -> dict:
-        """Score every recommender on a split's test visitors (see replay_system):
-        each visitor's hidden procedure ids, by visitor id."""
-        with self.reading():
-            return evaluation.score_recommenders(
-                self.recommenders.by_name(), self.profiles.load, test, k, catalog_size
-            )
+            # No aggregation in flight may count the visitor's rows again.
+            self.aggregation.lock()
+            forgotten = self.privacy.forget(visitor_id)
+        self.profiles.forget_cached(visitor_id)
+        return forgotten
 
 
 def wire_recommenders(
@@ -430,84 +393,6 @@ def wire_recommenders(
         built, personalize, system.items, settings.rerank_candidates
     )
     return with_user_campaign(built, personalize, system.items)
-
-
-def replay_system(
-    categories: Iterable[tuple[int, str]],
-    procedures: Iterable[tuple[int, int]],
-    split: evaluation.Split,
-    settings: Settings,
-    personalize: PersonalizeAdapter | None = None,
-) -> PersonalizationSystem:
-    """A system over a scratch in-memory database holding a bare catalog (the
-    categories, and procedures with their category) and a split's training log,
-    with its statistics rebuilt as of the cutoff and its clock stopped there.
-
-    What the offline evaluation measures is then exactly the code the site runs.
-    """
-    engine = create_engine(
-        "sqlite://",
-        poolclass=StaticPool,
-        connect_args={"check_same_thread": False},
-    )
-    Base.metadata.create_all(engine)
-    session = Session(engine)
-    system = PersonalizationSystem(
-        settings,
-        session,
-        fingerprint_key="offline evaluation",
-        personalize=personalize,
-        search_categories=lambda query: [],  # the replayed log holds no searches
-        clock=lambda: split.cutoff,
-    )
-    with system.transaction():
-        session.execute(
-            insert(Category),
-            [
-                {
-                    "id": cid,
-                    "name": f"{name} [{cid}]",
-                    "slug": f"c{cid}",
-                    "description": "",
-                }
-                for cid, name in categories
-            ],
-        )
-        session.execute(
-            insert(Procedure),
-            [
-                {
-                    "id": pid,
-                    "name": f"item {pid}",
-                    "slug": f"i{pid}",
-                    "category_id": cid,
-                    "short_description": "",
-                    "price_min": 0,
-                    "price_max": 0,
-                    "recovery_time": "",
-                }
-                for pid, cid in procedures
-            ],
-        )
-        rows = [log_row(entry, split.cutoff) for entry in split.train]
-        for start in range(0, len(rows), 20_000):
-            session.execute(insert(UserInteraction), rows[start : start + 20_000])
-    system.refresh_statistics(split.cutoff)
-    with system.transaction():
-        system.affinity.rebuild(split.cutoff)
-    return system
-
-
-def retuned(system: PersonalizationSystem, settings: Settings) -> PersonalizationSystem:
-    """The same replayed database and clock ranked with other settings, without
-    rebuilding its statistics: for tuning what only ranking reads."""
-    return PersonalizationSystem(
-        settings,
-        system.session,
-        fingerprint_key="offline evaluation",
-        search_categories=lambda query: [],
-        clock=system.clock,
-    )
 
 
 # The app's system
@@ -537,6 +422,9 @@ def init_app(app: Flask) -> PersonalizationSystem:
         forget_in_personalize=bool(personalize and personalize.deletion),
     )
     app.extensions[EXTENSION] = system
+    if system.settings.aggregation_interval_seconds > 0 and not app.testing:
+        system.aggregate_inline = False
+        app.before_request(aggregator_starter(app, system))
     if streaming and config["AWS_PERSONALIZE_SYNC_INTERVAL"] > 0 and not app.testing:
         start_event_sync(app, system, personalize)
     return system
@@ -547,6 +435,24 @@ def current_system() -> PersonalizationSystem:
     return current_app.extensions[EXTENSION]
 
 
+def aggregator_starter(app: Flask, system: PersonalizationSystem) -> Callable:
+    """A before_request hook that starts this process's aggregator on its first
+    request: in each server worker (after gunicorn forks it), never in a command
+    (their rows wait, durable, for a server or `flask personalization
+    aggregate`). It folds the log into the statistics every
+    AGGREGATION_INTERVAL_SECONDS; the aggregation lock makes workers take turns."""
+    starting, started = threading.Lock(), []
+
+    def start() -> None:
+        with starting:
+            if not started:
+                interval = system.settings.aggregation_interval_seconds
+                repeat_in_background(app, interval, "aggregator", system.aggregate)
+                started.append(True)
+
+    return start
+
+
 def start_event_sync(
     app: Flask, system: PersonalizationSystem, personalize: PersonalizeClient
 ) -> None:
@@ -554,19 +460,30 @@ def start_event_sync(
 
     Each worker runs one; claims in the outbox keep them from sending twice.
     """
-    interval = app.config["AWS_PERSONALIZE_SYNC_INTERVAL"]
 
-    def deliver_forever() -> None:
+    def deliver() -> None:
+        result = system.sync_personalize_events(personalize)
+        if result["sent"] or result["failed"]:
+            log.info("Personalize event sync: %s", result)
+
+    repeat_in_background(
+        app, app.config["AWS_PERSONALIZE_SYNC_INTERVAL"], "personalize-sync", deliver
+    )
+
+
+def repeat_in_background(
+    app: Flask, interval: float, name: str, job: Callable[[], object]
+) -> None:
+    """Run `job` in the app's context every `interval` seconds, on a daemon
+    thread (a greenlet under gevent) that survives, and logs, any failure."""
+
+    def forever() -> None:
         while True:
             time.sleep(interval)
             try:
                 with app.app_context():
-                    result = system.sync_personalize_events(personalize)
-                if result["sent"] or result["failed"]:
-                    log.info("Personalize event sync: %s", result)
+                    job()
             except Exception:  # the loop must survive anything, and say so
-                log.exception("Personalize event sync failed")
+                log.exception("%s failed; it runs again in %s s", name, interval)
 
-    threading.Thread(
-        target=deliver_forever, name="personalize-sync", daemon=True
-    ).start()
+    threading.Thread(target=forever, name=name, daemon=True).start()

@@ -99,33 +99,43 @@ FEEDBACK_FIELDS = {
 
 
 def log_page_view(item: ItemKey | None = None) -> None:
-    """Record this page view for a tracked visitor; a failure never breaks the page."""
+    """Note this page view for a tracked visitor: stored when the page is ready
+    (record_page_activity), with the lists the page showed."""
     visitor = current_visitor()
     if not visitor.tracked:
         return
     experiment_arm()  # every tracked visitor is in the experiment from their first page
     metadata = None if item else {"path": request.path}
-    try:
-        current_system().record_interactions(
-            visitor.id, visitor.session_id, [Interaction("view", item, metadata)]
-        )
-    except SQLAlchemyError as error:
-        log.warning("page view not recorded: %s", error.__class__.__name__)
+    g.page_view = Interaction("view", item, metadata)
 
 
 def log_impressions(lists: dict, in_experiment: bool = True) -> None:
-    """Record the recommendation lists this request shows a tracked visitor
+    """Note the recommendation lists this request shows a tracked visitor
     ({list name: Ranking}), under their experiment arm unless the lists are not
-    the arm's (an API client chose the algorithm); a failure never breaks the
-    page."""
+    the arm's (an API client chose the algorithm): stored when the page is ready
+    (record_page_activity)."""
     visitor = current_visitor()
     if not visitor.tracked:
         return  # GPC, DNT, opt-out: shown nothing that is counted
     arm = experiment_arm() if in_experiment else None
-    try:
-        current_system().record_impressions(visitor.id, request_id(), lists, arm)
-    except SQLAlchemyError as error:
-        log.warning("impressions not recorded: %s", error.__class__.__name__)
+    g.impressions = (request_id(), lists, arm)
+
+
+@web.after_request
+def record_page_activity(response):
+    """Store what the page noted (its view, its lists) in one transaction, after
+    it was rendered (a commit expires what a page reads); a failure never
+    breaks the page."""
+    view, impressions = g.pop("page_view", None), g.pop("impressions", None)
+    if view or impressions:
+        visitor = current_visitor()
+        try:
+            current_system().record_page(
+                visitor.id, visitor.session_id, view, impressions
+            )
+        except SQLAlchemyError as error:
+            log.warning("page activity not recorded: %s", error.__class__.__name__)
+    return response
 
 
 def request_id() -> str:
@@ -151,7 +161,6 @@ def home():
         experiment_arm(),
     )
     page = render_template("home.html", home=home, sections=home.by_kind)
-    # After rendering: the commit expires what the page reads.
     log_impressions(
         {
             **{f"home:{kind}": ranking for kind, ranking in home.by_kind.items()},
@@ -255,7 +264,7 @@ def procedure_page(item: Procedure, form: ConsultationForm) -> str:
         doctors=doctors_page(city, item, 1, DOCTORS_ON_PROCEDURE_PAGE),
         form=form,
     )
-    log_impressions({"procedure:similar": similar})  # after: see home()
+    log_impressions({"procedure:similar": similar})
     return page
 
 

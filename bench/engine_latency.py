@@ -29,7 +29,7 @@ from config import tunables_from_environment  # noqa: E402
 from personalization.evaluation import split_log  # noqa: E402
 from personalization.events import ItemKey  # noqa: E402
 from personalization.settings import Settings  # noqa: E402
-from personalization_system import replay_system  # noqa: E402
+from replay import replay_system  # noqa: E402
 
 LOADERS = {"ml-100k": load_movielens, "taobao": load_taobao}
 EASE_LAMBDA = 250

@@ -74,7 +74,7 @@ from personalization.events import (  # noqa: E402
 )
 from personalization.ranking import Diversity  # noqa: E402
 from personalization.settings import Settings  # noqa: E402
-from personalization_system import replay_system, retuned  # noqa: E402
+from replay import replay_system, retuned  # noqa: E402
 
 DATA = Path(
     os.environ.get("SHARED_DATA_DIR")

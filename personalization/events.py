@@ -257,3 +257,8 @@ def is_storable_text(text: str) -> bool:
 def encode_metadata(metadata: dict) -> str:
     """Serialize metadata compactly, as it is stored in extra_data."""
     return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_metadata(extra_data: str | None) -> dict | None:
+    """Metadata as encode_metadata stored it (None when there was none)."""
+    return json.loads(extra_data) if extra_data else None

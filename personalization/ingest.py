@@ -1,7 +1,7 @@
 """The one path every interaction takes into the engine, whatever its source (the
-tracker, server-side page views, webhooks): checked against the catalog, appended
-to the log, and folded into affinities, popularity, co-visitation and the
-Personalize outbox, all in the caller's transaction."""
+tracker, server-side page views, webhooks): checked against the catalog, and
+appended to the log and the Personalize outbox in the caller's transaction; the
+aggregator (aggregation.py) folds it into the statistics soon after."""
 
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -12,12 +12,13 @@ from typing import Any
 from sqlalchemy import insert
 
 from models import (
+    PendingInteraction,
     UserInteraction,
     WebhookEventKey,
     dialect_insert,
-    lock_for_writing,
 )
 from personalization import telemetry
+from personalization.aggregation import has_effect
 from personalization.events import (
     IMPRESSION_TYPES,
     EventError,
@@ -31,9 +32,7 @@ from personalization.events import (
 from personalization.identity import Identity
 from personalization.items import Items, split_evenly
 from personalization.outbox import Outbox
-from personalization.profiles import Profiles
 from personalization.settings import Settings
-from personalization.statistics import Affinity, CoVisitation, Popularity
 
 # The tracker's events, as metrics label their source (a webhook's carry their own).
 TRACKER = "tracker"
@@ -62,8 +61,6 @@ class Ingest:
         settings: Settings,
         identity: Identity,
         items: Items,
-        profiles: Profiles,
-        statistics: tuple[Affinity, Popularity, CoVisitation],
         outbox: Outbox | None,
         search_categories: Callable[[str], list[int]],
         clock: Callable[[], datetime],
@@ -72,8 +69,6 @@ class Ingest:
         self.settings = settings
         self.identity = identity
         self.items = items
-        self.profiles = profiles
-        self.affinity, self.popularity, self.covisitation = statistics
         self.outbox = outbox
         # The categories of a search's results, best first (catalog search).
         self.search_categories = search_categories
@@ -114,37 +109,34 @@ class Ingest:
     def record(
         self, entries: list[VisitorInteraction], now: datetime | None = None
     ) -> int:
-        """Store validated interactions of any visitors and update what rankings read.
+        """Append validated interactions of any visitors to the log.
 
-        The log, affinities, popularity, co-visitation and the outbox change in the
-        caller's transaction, so they always agree. An interaction with its own time
-        (a webhook's) counts as much as its age allows: weight x decay^days.
+        Those that change a statistic are also listed as pending: the
+        aggregator folds them into affinities, popularity and co-visitation soon
+        after (see aggregation.py), so a request never waits for that. A bare
+        page view changes none: one insert. The outbox changes in the caller's
+        transaction, with the log.
         """
         if not entries:
             return 0
         now = now or self.clock()
-        # Page views name no item: no history to read for them.
-        with_items = {e.visitor_id for e in entries if e.interaction.item}
-        # Whether this is a visitor's first time with an item (distinct-visitor
-        # counts, co-visitation) is read from their history: wait for their other
-        # requests in flight to commit first, or two would both count as the first.
-        # The popularity window is what a rebuild counts visitors over.
-        lock_for_writing(self.session, with_items)
-        histories = self.profiles.histories(
-            with_items, now, self.settings.popularity_window_days
-        )
-        seen = {
-            visitor: {entry.item for entry in history}
-            for visitor, history in histories.items()
-        }
-        seen_categories = self.affinity.categories_of(with_items)
-        self.session.execute(
-            insert(UserInteraction), [log_row(entry, now) for entry in entries]
-        )
-        shares = self.category_shares(entries)
-        self.affinity.add(entries, shares, now)
-        self.popularity.add(entries, shares, seen, seen_categories, now)
-        self.covisitation.add(entries, seen)
+        rows = [log_row(entry, now) for entry in entries]
+        waiting = [has_effect(entry.interaction) for entry in entries]
+        log = UserInteraction.__table__
+        if any(waiting):
+            ids = self.session.scalars(
+                insert(log).returning(log.c.id, sort_by_parameter_order=True), rows
+            ).all()
+            self.session.execute(
+                insert(PendingInteraction.__table__),
+                [
+                    {"interaction_id": row_id, "user_id": row["user_id"]}
+                    for row_id, row, waits in zip(ids, rows, waiting, strict=True)
+                    if waits
+                ],
+            )
+        else:
+            self.session.execute(insert(log), rows)
         if self.outbox:
             self.outbox.queue(entries, now)
         return len(entries)
@@ -254,13 +246,19 @@ class Ingest:
         if not keys:
             return set()
         table = WebhookEventKey.__table__
+        # Parameters apart from the statement: it compiles once, not per batch
+        # (SQLAlchemy still sends one multi-row INSERT per 1,000 keys).
         statement = (
             dialect_insert(self.session, table)
-            .values([{"key_hash": key, "received_at": received_at} for key in keys])
             .on_conflict_do_nothing(index_elements=[table.c.key_hash])
             .returning(table.c.key_hash)
         )
-        return set(self.session.scalars(statement))
+        return set(
+            self.session.scalars(
+                statement,
+                [{"key_hash": key, "received_at": received_at} for key in keys],
+            )
+        )
 
 
 def log_row(entry: VisitorInteraction, now: datetime) -> dict:

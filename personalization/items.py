@@ -1,9 +1,11 @@
 """The catalog as the engine sees it: which items exist, the categories each one
 counts for, the order of a catalog with no data yet, and loading items for a page."""
 
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+from cachetools import TTLCache
 from sqlalchemy import String, bindparam, func, literal, or_, select, union_all
 
 from models import (
@@ -25,6 +27,9 @@ MODELS = {
     "doctor": Doctor,
     "package": Package,
 }
+# Items a process remembers to exist, and for how long (Items.existing).
+KNOWN_ITEMS = 100_000
+KNOWN_ITEM_SECONDS = 60
 # How a doctor or a package reaches the categories: through its procedures.
 PROCEDURE_LINKS = {
     "doctor": doctor_procedures.c.doctor_id,
@@ -84,13 +89,20 @@ class Items:
             .where(Doctor.city == bindparam("city"))
             .order_by(*top_rated_order())
         )
+        # Items found to exist: an item deleted since stays "known" this long.
+        self._known: TTLCache = TTLCache(KNOWN_ITEMS, KNOWN_ITEM_SECONDS)
+        self._known_lock = threading.Lock()
 
     def existing(self, keys: Iterable[ItemKey]) -> set[ItemKey]:
-        """The keys that name an item in the catalog: one query per kind."""
+        """The keys that name an item in the catalog: those this process found
+        in the last KNOWN_ITEM_SECONDS, and one query per kind for the others
+        (every tracking request asks; the catalog seldom changes)."""
+        keys = set(keys)
+        with self._known_lock:
+            found = {key for key in keys if key in self._known}
         wanted: dict[str, set[int]] = defaultdict(set)
-        for key in keys:
+        for key in keys - found:
             wanted[key.kind].add(key.id)
-        found = set()
         for kind, ids in wanted.items():
             model = MODELS[kind]
             found |= {
@@ -99,6 +111,8 @@ class Items:
                     select(model.id).where(model.id.in_(ids))
                 )
             }
+        with self._known_lock:
+            self._known.update(dict.fromkeys(found, True))
         return found
 
     def load(self, kind: str, ids: Iterable[int]) -> dict[int, object]:

@@ -44,6 +44,9 @@ class UserPersonalizationRecommender:
     engine)."""
 
     name = "personalize (user)"
+    # Asks AWS on every page (its answer follows events streamed to it, and
+    # each page has a call budget): pages never keep its lists (is_remote).
+    remote = True
 
     def __init__(
         self,

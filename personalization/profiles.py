@@ -1,18 +1,20 @@
 """What the rankings know about one visitor: their decayed category affinities and
 their recent distinct items, read by visitor id through indexes, never a log scan."""
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, bindparam, func, select, union_all
+from cachetools import TTLCache
+from sqlalchemy import DateTime, bindparam, exists, func, select, union_all
 
-from models import UserInteraction
+from models import PendingInteraction, UserInteraction, VisitorPreference
 from personalization.events import ITEM_KINDS, ItemKey
 from personalization.preferences import Preferences
 from personalization.settings import Settings
-from personalization.statistics import Affinity, sql_weight
+from personalization.statistics import Affinity, aggregated, sql_weight
 
 # Visitors whose histories one statement reads. Statements are built for 1, 2, 4,
 # ... up to this many visitors (a batch is padded with an id no visitor has), so a
@@ -73,6 +75,18 @@ class VisitorProfile:
         return {item for item in self.disliked if item.kind == kind}
 
 
+@dataclass(frozen=True)
+class ProfileState:
+    """What a visitor's profile follows: their latest logged interaction with an
+    item (any new click, view or "not interested" changes it; an erasure clears
+    it), whether some of their interactions are still to be aggregated, and the
+    city they chose."""
+
+    latest: int | None
+    pending: bool
+    city: str | None
+
+
 def anonymous() -> VisitorProfile:
     """A visitor nothing is known about (GPC, opt-out, or a first request)."""
     return VisitorProfile(None)
@@ -95,22 +109,78 @@ class Profiles:
         self.preferences = preferences
         self.clock = clock
         # Built once per batch size (a power of two): see _history_statement.
-        self._statements: dict[int, object] = {}
+        self._statements: dict[tuple[int, bool], object] = {}
+        # Profiles by (visitor, latest, city) of their ProfileState: a profile,
+        # with the rankings memoized in it, serves the visitor's pages until they
+        # do something new, for at most POPULARITY_CACHE_SECONDS (popular lists
+        # and item neighbours, which rankings also read, live as long).
+        self._cache = (
+            TTLCache(settings.profile_cache_size, settings.popularity_cache_seconds)
+            if settings.profile_cache_size and settings.popularity_cache_seconds
+            else None
+        )
+        # Several threads may serve pages (flask run); TTLCache is not safe then.
+        self._cache_lock = threading.Lock()
 
-    def load(self, visitor_id: str | None) -> VisitorProfile:
-        """Read what rankings need about a visitor: three indexed queries."""
+    def state(self, visitor_id: str) -> ProfileState:
+        """The visitor's ProfileState: one round trip, three index lookups."""
+        log = UserInteraction.__table__
+        latest = (
+            select(func.max(log.c.id))
+            .where(log.c.user_id == visitor_id, log.c.target_id.is_not(None))
+            .scalar_subquery()
+        )
+        pending = exists().where(PendingInteraction.user_id == visitor_id)
+        city = (
+            select(VisitorPreference.city)
+            .where(VisitorPreference.user_id == visitor_id)
+            .scalar_subquery()
+        )
+        row = self.session.execute(select(latest, pending, city)).one()
+        return ProfileState(row[0], bool(row[1]), row[2])
+
+    def load(
+        self, visitor_id: str | None, state: ProfileState | None = None
+    ) -> VisitorProfile:
+        """Read what rankings need about a visitor: three indexed queries; none
+        when this process holds their profile for the same `state`."""
         if not visitor_id:
             return anonymous()
+        key = (visitor_id, state.latest, state.city) if state else None
+        if key and self._cache is not None:
+            with self._cache_lock:
+                cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        profile = self.read(visitor_id, state)
+        if key and self._cache is not None:
+            with self._cache_lock:
+                self._cache[key] = profile
+        return profile
+
+    def read(
+        self, visitor_id: str, state: ProfileState | None = None
+    ) -> VisitorProfile:
+        """A visitor's profile, read from the database (their city from `state`
+        when given)."""
         history = self.histories({visitor_id}).get(visitor_id, [])
         profile = VisitorProfile.from_history(
             visitor_id,
             self.affinity.of_visitor(visitor_id),
             history,
-            self.preferences.city(visitor_id),
+            state.city if state else self.preferences.city(visitor_id),
         )
         if self.settings.repeat_consumption:
             return replace(profile, returns=self.returns(visitor_id))
         return profile
+
+    def forget_cached(self, visitor_id: str) -> None:
+        """Drop this process's copies of a visitor's profile (an erasure)."""
+        if self._cache is None:
+            return
+        with self._cache_lock:
+            for key in [key for key in self._cache if key[0] == visitor_id]:
+                self._cache.pop(key, None)
 
     def returns(self, visitor_id: str) -> dict[int, float]:
         """Each procedure the visitor had, by recency-weighted visits: every
@@ -124,6 +194,7 @@ class Profiles:
             .where(
                 log.c.user_id == visitor_id,
                 log.c.timestamp >= since,
+                log.c.target_id.is_not(None),
                 log.c.target_type == "procedure",
             )
             .order_by(log.c.timestamp.desc(), log.c.id.desc())
@@ -143,6 +214,7 @@ class Profiles:
         visitor_ids: Iterable[str],
         now: datetime | None = None,
         days: int | None = None,
+        aggregated_only: bool = False,
     ) -> dict[str, list[HistoryItem]]:
         """Each visitor's most recent distinct catalog items, newest first, with the
         net weight of what they did to each.
@@ -150,7 +222,8 @@ class Profiles:
         Reads at most each visitor's last HISTORY_ROWS interactions in the
         history window (or the last `days`), through the (user_id, timestamp)
         index: the cost grows neither with the log nor with one visitor's (or
-        bot's) own history.
+        bot's) own history. aggregated_only: leave out rows the aggregator has
+        still to fold in (what the statistics already count).
         """
         since = (now or self.clock()) - timedelta(
             days=days or self.settings.history_window_days
@@ -163,7 +236,8 @@ class Profiles:
             batch += [NO_VISITOR] * (size - len(batch))
             parameters = {f"visitor_{i}": visitor for i, visitor in enumerate(batch)}
             rows = self.session.execute(
-                self._history_statement(size), {**parameters, "since": since}
+                self._history_statement(size, aggregated_only),
+                {**parameters, "since": since},
             )
             for visitor_id, kind, item_id, net, _ in rows:
                 found[visitor_id].append(
@@ -171,7 +245,7 @@ class Profiles:
                 )
         return found
 
-    def _history_statement(self, visitors: int):
+    def _history_statement(self, visitors: int, aggregated_only: bool = False):
         """The statement behind histories for `visitors` visitors, with its values
         as parameters (visitor_0, visitor_1, ..., since).
 
@@ -179,8 +253,8 @@ class Profiles:
         cost more than running it, on every page view. Each visitor's rows come
         from their own index range, newest first, cut at HISTORY_ROWS.
         """
-        if visitors in self._statements:
-            return self._statements[visitors]
+        if (visitors, aggregated_only) in self._statements:
+            return self._statements[visitors, aggregated_only]
         log = UserInteraction.__table__
         since = bindparam("since", type_=DateTime(timezone=True))
         latest = [
@@ -194,7 +268,10 @@ class Profiles:
             .where(
                 log.c.user_id == bindparam(f"visitor_{i}"),
                 log.c.timestamp >= since,
+                # Spelled out so the item history index (no page views) serves.
+                log.c.target_id.is_not(None),
                 log.c.target_type.in_(ITEM_KINDS),
+                *([aggregated(log)] if aggregated_only else []),
             )
             .order_by(log.c.timestamp.desc())
             .limit(self.settings.history_rows)
@@ -225,5 +302,5 @@ class Profiles:
             .where(per_item.c.recency <= self.settings.history_size)
             .order_by(per_item.c.user_id, per_item.c.recency)
         )
-        self._statements[visitors] = statement
+        self._statements[visitors, aggregated_only] = statement
         return statement

@@ -17,6 +17,7 @@ from personalization.recommenders import (
     PERSONALIZE,
     Recommender,
     Scored,
+    is_remote,
     non_increasing,
 )
 
@@ -176,6 +177,11 @@ def nearby_first(scored: list[Scored], nearby: list[int], k: int) -> list[Scored
     return non_increasing(sorted(scored, key=place)[:k])
 
 
+def keys_of(scored: list[Scored]) -> list[ItemKey]:
+    """The items of a list and what led to them: what showing it loads."""
+    return [s.item for s in scored] + [s.because for s in scored if s.because]
+
+
 def source_of(scored: list[Scored]) -> str:
     """Name what filled a list: Personalize, all personal, some, or none."""
     if any(entry.source == PERSONALIZE for entry in scored):
@@ -210,18 +216,52 @@ class Sections:
         recently saw (pages show them in "recently viewed", so "for you" brings
         something new); categories stay, they are where the visitor browses.
         """
+        scored = self.ranked(visitor, kind, k, recommender, exclude_seen)
+        return self.load(kind, scored, visitor.city)
+
+    def ranked(
+        self,
+        visitor: VisitorProfile,
+        kind: str,
+        k: int,
+        recommender: Recommender | None = None,
+        exclude_seen: bool = False,
+    ) -> list[Scored]:
+        """What `section` shows, before its items are loaded.
+
+        The profile keeps the list for the visitor's next pages (see
+        Profiles.load): it changes when they do something new. A remote
+        recommender's (Personalize) is asked afresh on each page.
+        """
         recommender = recommender or self.recommender
         seen = (
             frozenset(key for key in visitor.recent if key.kind in VIEWABLE_KINDS)
             if exclude_seen
             else frozenset()
         )
+        if is_remote(recommender):
+            return self.rank(visitor, kind, k, recommender, seen)
+        memo_key = ("section", recommender.name, kind, k, seen)
+        if memo_key not in visitor.memo:
+            visitor.memo[memo_key] = self.rank(visitor, kind, k, recommender, seen)
+        return visitor.memo[memo_key]
+
+    def rank(
+        self,
+        visitor: VisitorProfile,
+        kind: str,
+        k: int,
+        recommender: Recommender,
+        seen: frozenset[ItemKey],
+    ) -> list[Scored]:
+        """Ask the recommender (see page_list); doctors of the visitor's city
+        first."""
         regional = kind == "doctor" and visitor.city
         pool = max(k, REGIONAL_POOL) if regional else k
         scored = page_list(recommender, visitor, kind, pool, seen, self.diversity)
         if regional:
             scored = nearby_first(scored, self.items.doctors_in(visitor.city), k)
-        return self.load(kind, scored, visitor.city)
+        return scored
 
     def home(
         self,
@@ -233,26 +273,35 @@ class Sections:
     ) -> HomeSections:
         """The home page's sections ({"category": 6, ...}) for one profile: what
         the visitor saw recently is in its own strip, not in "for you"; a visitor
-        who chose a city also gets its popular doctors.
+        who chose a city also gets its popular doctors. Every item the page
+        shows is loaded at once, one query per kind.
 
         held_out: the recommender of the experiment's control arm (popular), who
         get no history strip either; what they chose themselves (a city, "not
         interested") still holds."""
-        sections = {
-            kind: self.section(
+        ranked = {
+            kind: self.ranked(
                 visitor, kind, size, held_out, exclude_seen=held_out is None
             )
             for kind, size in sizes.items()
         }
-        in_city = None
+        in_city = []
         if visitor.city and popular_in_city:
-            shown = frozenset(e.item.id for e in sections.get("doctor", []))
-            in_city = self.popular_in_city(visitor.city, popular_in_city, shown)
+            shown = frozenset(e.item.id for e in ranked.get("doctor", []))
+            in_city = self.popular_in_city_ranked(visitor.city, popular_in_city, shown)
+        recent = [] if held_out else self.recent_keys(visitor, recently_viewed)
+        lists = [*ranked.values(), in_city]
+        loaded = self.load_keys(
+            [key for scored in lists for key in keys_of(scored)] + recent
+        )
         return HomeSections(
-            sections,
-            [] if held_out else self.recently_viewed(visitor, recently_viewed),
+            {
+                kind: self.ranking(kind, scored, loaded, visitor.city)
+                for kind, scored in ranked.items()
+            },
+            [loaded[key] for key in recent if key in loaded],
             visitor.city,
-            in_city if in_city else None,
+            self.ranking("doctor", in_city, loaded, visitor.city) if in_city else None,
         )
 
     def home_procedure_ids(self, visitor: VisitorProfile, k: int) -> list[int]:
@@ -273,6 +322,12 @@ class Sections:
     ) -> Ranking:
         """The city's doctors, most popular first, then top rated; none of the
         `shown` ones (already on the page)."""
+        return self.load("doctor", self.popular_in_city_ranked(city, k, shown), city)
+
+    def popular_in_city_ranked(
+        self, city: str, k: int, shown: frozenset[int] = frozenset()
+    ) -> list[Scored]:
+        """What popular_in_city shows, before its doctors are loaded."""
         in_city = [d for d in self.items.doctors_in(city) if d not in shown]
         popular = self.recommender.recommend(anonymous(), "doctor", REGIONAL_POOL)
         chosen = [s for s in popular if s.item.id in set(in_city)][:k]
@@ -282,47 +337,50 @@ class Sections:
             for doctor_id in in_city
             if doctor_id not in shown
         ][: k - len(chosen)]
-        return self.load(
-            "doctor",
-            non_increasing([replace(s, reason="popular_in_city") for s in chosen]),
-            city,
-        )
+        return non_increasing([replace(s, reason="popular_in_city") for s in chosen])
 
     def recently_viewed(self, visitor: VisitorProfile, k: int) -> list[Any]:
         """The procedures, doctors and packages the visitor saw last, newest
         first (disliked ones left out)."""
-        keys = [
+        keys = self.recent_keys(visitor, k)
+        found = self.load_keys(keys)
+        return [found[key] for key in keys if key in found]
+
+    @staticmethod
+    def recent_keys(visitor: VisitorProfile, k: int) -> list[ItemKey]:
+        """What recently_viewed shows, before it is loaded."""
+        return [
             key
             for key in visitor.recent
             if key.kind in VIEWABLE_KINDS and key not in visitor.disliked
         ][:k]
-        found = self.load_keys(keys)
-        return [found[key] for key in keys if key in found]
 
     def load(self, kind: str, scored: list[Scored], city: str | None = None) -> Ranking:
-        """Fetch a list's items and what led to them, keeping its order; items no
-        longer in the catalog (an answer from Personalize, say) are left out."""
-        found = self.items.load(kind, [entry.item.id for entry in scored])
-        # What led to an item is often in the list itself (a category's own
-        # affinity): only the others need a query.
-        because = {ItemKey(kind, item_id): item for item_id, item in found.items()}
-        because.update(
-            self.load_keys(
-                [s.because for s in scored if s.because and s.because not in because]
-            )
-        )
+        """Fetch a list's items and what led to them (one query per kind)."""
+        return self.ranking(kind, scored, self.load_keys(keys_of(scored)), city)
+
+    @staticmethod
+    def ranking(
+        kind: str,
+        scored: list[Scored],
+        loaded: dict[ItemKey, Any],
+        city: str | None = None,
+    ) -> Ranking:
+        """A list with its loaded items and what led to them, in its order;
+        items no longer in the catalog (an answer from Personalize, say) are
+        left out."""
         return Ranking(
             [
                 RankedItem(
-                    found[entry.item.id],
+                    loaded[entry.item],
                     round(entry.score, 6),
                     entry.reason,
-                    because.get(entry.because),
+                    loaded.get(entry.because),
                     city,
                     entry.source,
                 )
                 for entry in scored
-                if entry.item.id in found
+                if entry.item in loaded
             ],
             source_of(scored),
             kind,

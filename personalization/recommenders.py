@@ -62,6 +62,12 @@ class Recommender(Protocol):
     def similar(self, item: ItemKey, k: int) -> list[Scored]: ...
 
 
+def is_remote(recommender: Recommender) -> bool:
+    """Whether a recommender calls another service for each list (Personalize):
+    its lists are not kept between pages."""
+    return getattr(recommender, "remote", False)
+
+
 class PersonalizeAdapter(Protocol):
     """What PersonalizeRecommender needs of personalize_client.PersonalizeClient:
     None means "no answer, keep the local order"."""
@@ -412,6 +418,9 @@ class PersonalizeRecommender:
     answer: the adapter returns None and nothing breaks."""
 
     name = "personalize"
+    # Asks AWS on every page (its answer follows events streamed to it, and
+    # each page has a call budget): pages never keep its lists (is_remote).
+    remote = True
 
     def __init__(
         self,

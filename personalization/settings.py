@@ -98,6 +98,16 @@ class Settings:
     # Share of tracked visitors held out in the experiment's control arm, who see
     # popular lists only (0 turns the holdout off; see experiment.py).
     experiment_control_share: float = tunable(0.1, 0.0, 0.5)
+    # How often each server process folds logged interactions into affinities,
+    # popularity and co-visitation (0: right after each request that logs them,
+    # in that request: slower, but nothing ever waits).
+    aggregation_interval_seconds: float = tunable(0.5, 0.0, 60.0)
+    # Log rows folded in per transaction.
+    aggregation_batch: int = tunable(5000, 1, 100_000)
+    # Visitor profiles (and the rankings worked out from them) each process
+    # keeps between pages, until the visitor does something new or
+    # POPULARITY_CACHE_SECONDS pass (0: none).
+    profile_cache_size: int = tunable(2000, 0, 1_000_000)
     # The weight table: DEFAULT_INTERACTION_WEIGHTS with INTERACTION_WEIGHTS on top.
     interaction_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS)

@@ -31,7 +31,7 @@ from personalization.events import (
     VisitorInteraction,
 )
 from personalization.settings import Settings
-from personalization_system import replay_system
+from replay import replay_system
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -513,7 +513,7 @@ def test_a_database_outage_gives_503_and_loses_nothing(hook, monkeypatch):
     def fail(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(system.covisitation, "add", fail)
+    monkeypatch.setattr(system.ingest, "record", fail)  # the log append
     response = hook(events)
     assert response.status_code == 503
     assert response.headers["Retry-After"]
