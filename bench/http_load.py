@@ -6,7 +6,8 @@ PostgreSQL, each against a baseline in the same run:
   the same page with PERSONALIZATION_ENABLED=false;
 - tracking ingest: events/s through /personalization/track-interaction in batches
   of 10, versus a bare Flask endpoint inserting the same rows;
-- memory: peak RSS of a worker after 10k+ mixed requests.
+- memory: peak RSS of a worker after 100k+ mixed requests (many new visitors: the
+  per-process caches must stay bounded).
 
     .venv/bin/python bench/http_load.py [--seconds 10] [--write BENCHMARKS.md]
 """
@@ -42,7 +43,7 @@ from personalization.events import Interaction, ItemKey  # noqa: E402
 SECRET = "benchmark-only"
 VISITOR = "a1" * 16
 CONNECTIONS = 16
-MIXED_REQUESTS = 10_000
+MIXED_REQUESTS = 100_000
 
 
 def free_port() -> int:
@@ -242,7 +243,7 @@ def tracking_script(base: str, procedures: list[int]) -> str:
     )
 
 
-def run(kind: str, seconds: int) -> dict:
+def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
     url, cleanup = scratch_database(kind)
     results = {"database": kind}
     try:
@@ -276,10 +277,10 @@ def run(kind: str, seconds: int) -> dict:
             results["tracking"] = wrk(
                 server.base + "/personalization/track-interaction", seconds, script
             )
-            # Mixed pages until at least 10k requests, then the workers' peak RSS.
+            # Mixed pages until at least `mixed_requests`, then the workers' peak RSS.
             script = mixed_script(procedures)
             runs = [wrk(server.base, seconds, script)]
-            while sum(run["requests"] for run in runs) < MIXED_REQUESTS:
+            while sum(run["requests"] for run in runs) < mixed_requests:
                 runs.append(wrk(server.base, seconds, script))
             results["mixed"] = {
                 "requests": sum(run["requests"] for run in runs),
@@ -356,11 +357,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--mixed-requests", type=int, default=MIXED_REQUESTS)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
-    results = [run(kind, args.seconds) for kind in args.databases.split(",")]
+    results = [
+        run(kind, args.seconds, args.mixed_requests)
+        for kind in args.databases.split(",")
+    ]
     table = markdown(results, args.seconds)
     print(table)
     if args.write:
