@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import utcnow
+from models import refresh_planner_statistics, utcnow
 from personalization import evaluation
 from personalization.export import export_datasets, sync_catalog
 from personalization.outbox import Backlog
@@ -24,6 +24,14 @@ from personalization.retention import RetentionTask
 from personalize_client import PersonalizeClient
 
 log = logging.getLogger(__name__)
+
+# What a refresh rebuilds, and the log it reads (often just bulk-loaded).
+REFRESHED_TABLES = (
+    "user_interactions",
+    "item_popularity",
+    "procedure_covisitation",
+    "procedure_neighbours",
+)
 
 
 class Maintenance:
@@ -58,7 +66,8 @@ class Maintenance:
 
     def refresh_statistics(self, now=None, progress=None) -> dict[str, int]:
         """Rebuild popularity, co-visitation and item neighbours from the log as
-        of `now`; the neighbours report (visitors done, in all) to `progress`."""
+        of `now`, then refresh the planner's statistics of what pages read; the
+        neighbours report (visitors done, in all) to `progress`."""
         now = now or self.clock()
         self.aggregate()
         with self.transaction():
@@ -66,6 +75,8 @@ class Maintenance:
             self.popularity.rebuild(now)
             self.covisitation.rebuild(now)
             self.neighbours.rebuild(now, progress)
+        with self.transaction():
+            refresh_planner_statistics(self.session, REFRESHED_TABLES)
         self.popularity.clear_cache()
         return {
             "item_popularity": self.popularity.size(),

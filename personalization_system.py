@@ -234,8 +234,15 @@ class PersonalizationSystem(Maintenance):
             return anonymous()
         state = self.profiles.state(visitor_id)
         if state.pending:
-            self.aggregate()
+            self.aggregate()  # their rows move into the log: a new state
+            state = self.profiles.state(visitor_id)
         return self.profiles.load(visitor_id, state)
+
+    def catch_up(self, visitor_id: str) -> None:
+        """Aggregate first if the visitor's own interactions wait in the inbox,
+        so what is read of them is whole."""
+        if self.aggregation.pending_for(visitor_id):
+            self.aggregate()
 
     # Rankings
 
@@ -361,11 +368,13 @@ class PersonalizationSystem(Maintenance):
 
     def visitor_summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
+        self.catch_up(visitor_id)
         with self.reading():
             return self.privacy.summary(visitor_id)
 
     def visitor_data(self, visitor_id: str) -> dict:
         """Everything stored about a visitor, for them to download."""
+        self.catch_up(visitor_id)
         with self.reading():
             return self.privacy.download(visitor_id, self.clock())
 

@@ -31,11 +31,13 @@ os.environ.setdefault("SECRET_KEY", "benchmark-only")
 
 from flask_migrate import upgrade  # noqa: E402
 from itsdangerous import URLSafeSerializer  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy.exc import DBAPIError  # noqa: E402
 
 from app import create_app  # noqa: E402
 from bench.ranking_latency import add_interactions, scratch_database  # noqa: E402
 from bench.report import replace_section  # noqa: E402
+from config import normalize_database_url  # noqa: E402
 from demo_catalog import seed_demo_catalog  # noqa: E402
 from models import Procedure, db  # noqa: E402
 from personalization.events import Interaction, ItemKey  # noqa: E402
@@ -243,6 +245,29 @@ def tracking_script(base: str, procedures: list[int]) -> str:
     )
 
 
+def catch_up(url: str, limit: float = 60.0) -> dict | None:
+    """Right after a load: the rows still waiting for the aggregator, and the
+    seconds until the server's aggregators have folded them all in."""
+    engine = create_engine(normalize_database_url(url))
+    count = text("SELECT count(*) FROM pending_interactions")
+    try:
+        with engine.connect() as connection:
+            waiting = connection.scalar(count)
+    except DBAPIError:  # a revision that aggregates in the request (no table)
+        engine.dispose()
+        return None
+    try:
+        started = time.monotonic()
+        left = waiting
+        while left and time.monotonic() - started < limit:
+            time.sleep(0.05)
+            with engine.connect() as connection:
+                left = connection.scalar(count)
+        return {"waiting": waiting, "seconds": time.monotonic() - started, "left": left}
+    finally:
+        engine.dispose()
+
+
 def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
     url, cleanup = scratch_database(kind)
     results = {"database": kind}
@@ -277,6 +302,7 @@ def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
             results["tracking"] = wrk(
                 server.base + "/personalization/track-interaction", seconds, script
             )
+            results["backlog"] = catch_up(url)
             # Mixed pages until at least `mixed_requests`, then the workers' peak RSS.
             script = mixed_script(procedures)
             runs = [wrk(server.base, seconds, script)]
@@ -340,6 +366,15 @@ def markdown(results: list[dict], seconds: int) -> str:
                 f"{tracking:,.0f}",
                 f"{bare:,.0f}",
                 f"{tracking / bare:.2f}",
+            ),
+            (
+                "aggregation backlog when the tracking load stopped, and the "
+                "seconds until it was all in the statistics",
+                f"{r['backlog']['waiting']:,} rows, {r['backlog']['seconds']:.1f} s"
+                if r.get("backlog")
+                else "none (aggregated in the request)",
+                "–",
+                "–",
             ),
             (
                 f"worker peak RSS after {r['mixed']['requests']:,} mixed requests",

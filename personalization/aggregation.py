@@ -1,12 +1,13 @@
-"""Folding the interaction log into what rankings read: requests only append
-to the log (and list what changes a statistic in pending_interactions); the
-aggregator reads pending rows in log order, updates affinities, popularity and
-co-visitation set-based (one upsert per table per batch), and deletes them from
-the pending list, all in one transaction under one lock.
+"""Folding what requests logged into what rankings read: requests append what
+changes a statistic to the inbox (pending_interactions, one insert); the
+aggregator reads inbox rows in arrival order, updates affinities, popularity and
+co-visitation set-based (one upsert per table per batch), moves the rows into the
+log (user_interactions, one INSERT ... SELECT) and deletes them from the inbox,
+all in one transaction under one lock.
 
 So each row counts exactly once, whichever worker or command drains it, and a
-row that is in the log (a 202 was answered) is counted even if the worker that
-stored it died right after: the next drain finds it still pending.
+row that is in the inbox (a 202 was answered) is counted even if the worker that
+stored it died right after: the next drain finds it still there.
 """
 
 from collections.abc import Callable
@@ -32,14 +33,14 @@ LOCK = "aggregation"
 
 def has_effect(interaction: Interaction) -> bool:
     """Whether an interaction changes a statistic: one naming an item, or a
-    search (its results' categories). A bare page view changes none, so it is
-    stored already aggregated and costs the aggregator nothing."""
+    search (its results' categories). A bare page view changes none, so it goes
+    to the log directly and never waits for the aggregator."""
     return interaction.item is not None or interaction.type == "search"
 
 
 class Aggregation:
-    """Drains pending log rows into the statistics; never commits (the facade
-    does, one transaction per batch)."""
+    """Drains the inbox into the log and the statistics; never commits (the
+    facade does, one transaction per batch)."""
 
     def __init__(
         self,
@@ -64,35 +65,22 @@ class Aggregation:
         lock_for_writing(self.session, [LOCK])
 
     def pending_for(self, visitor_id: str) -> bool:
-        """Whether the visitor has rows still to aggregate (their own click not
-        yet in their category affinities). One lookup in a small index."""
+        """Whether the visitor has rows in the inbox (their own click not yet in
+        their history or category affinities). One lookup in a small index."""
         pending = PendingInteraction.__table__
         return bool(
             self.session.scalar(select(exists().where(pending.c.user_id == visitor_id)))
         )
 
     def drain_batch(self) -> int:
-        """Aggregate the oldest pending rows, at most AGGREGATION_BATCH of them,
-        in the caller's transaction; say how many."""
-        pending = PendingInteraction.__table__
-        if not self.session.scalar(select(exists().select_from(pending))):
+        """Aggregate the oldest inbox rows, at most AGGREGATION_BATCH of them, in
+        the caller's transaction; say how many."""
+        inbox = PendingInteraction.__table__
+        if not self.session.scalar(select(exists().select_from(inbox))):
             return 0  # nothing waits: no lock (on SQLite, the write lock)
         self.lock()
-        log = UserInteraction.__table__
         rows = self.session.execute(
-            select(
-                log.c.id,
-                log.c.user_id,
-                log.c.session_id,
-                log.c.interaction_type,
-                log.c.target_type,
-                log.c.target_id,
-                log.c.extra_data,
-                log.c.timestamp,
-            )
-            .join(pending, pending.c.interaction_id == log.c.id)
-            .order_by(pending.c.interaction_id)
-            .limit(self.settings.aggregation_batch)
+            select(inbox).order_by(inbox.c.id).limit(self.settings.aggregation_batch)
         ).all()
         if not rows:
             return 0
@@ -101,27 +89,38 @@ class Aggregation:
         # now; a row stamped later than the clock (a caller's own `now`) is
         # aggregated as of its own time, as it would have been when logged.
         newest = max(as_utc(row.timestamp) for row in rows)
+        # First-time checks read the log: before the batch is in it.
         self.fold_in(entries, max(self.clock(), newest))
+        ids = [row.id for row in rows]
+        self.move_to_log(inbox, ids)
+        return len(rows)
+
+    def move_to_log(self, inbox, ids: list[int]) -> None:
+        """Append inbox rows to the log, in arrival order, and drop them from
+        the inbox: two set-based statements."""
+        log = UserInteraction.__table__
+        columns = [c.name for c in log.c if c.name != "id"]
         self.session.execute(
-            delete(pending).where(
-                pending.c.interaction_id.in_([row.id for row in rows])
+            log.insert().from_select(
+                columns,
+                select(*(inbox.c[name] for name in columns))
+                .where(inbox.c.id.in_(ids))
+                .order_by(inbox.c.id),
             )
         )
-        return len(rows)
+        self.session.execute(delete(inbox).where(inbox.c.id.in_(ids)))
 
     def fold_in(self, entries: list[VisitorInteraction], now: datetime) -> None:
         """Add interactions to affinities, popularity and co-visitation.
 
         Whether this is a visitor's first time with an item (distinct-visitor
-        counts, co-visitation) is read from what was aggregated before, within
-        the popularity window, which is what a rebuild counts visitors over.
+        counts, co-visitation) is read from the log (what was aggregated
+        before), within the popularity window, which is what a rebuild counts
+        visitors over.
         """
         with_items = {e.visitor_id for e in entries if e.interaction.item}
         histories = self.profiles.histories(
-            with_items,
-            now,
-            self.settings.popularity_window_days,
-            aggregated_only=True,
+            with_items, now, self.settings.popularity_window_days
         )
         seen = {
             visitor: {entry.item for entry in history}

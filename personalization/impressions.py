@@ -48,7 +48,8 @@ class Impressions:
             if ranking is not None and len(ranking)
         ]
         if rows:
-            self.session.execute(insert(RecommendationImpression), rows)
+            # The table, not the class: a Core insert skips the ORM's bulk path.
+            self.session.execute(insert(RecommendationImpression.__table__), rows)
         return len(rows)
 
     def of_visitor(self, visitor_id: str) -> list[dict]:

@@ -109,34 +109,24 @@ class Ingest:
     def record(
         self, entries: list[VisitorInteraction], now: datetime | None = None
     ) -> int:
-        """Append validated interactions of any visitors to the log.
+        """Append validated interactions of any visitors: one insert per table.
 
-        Those that change a statistic are also listed as pending: the
-        aggregator folds them into affinities, popularity and co-visitation soon
-        after (see aggregation.py), so a request never waits for that. A bare
-        page view changes none: one insert. The outbox changes in the caller's
-        transaction, with the log.
+        Those that change a statistic go to the inbox (pending_interactions),
+        which the aggregator moves into the log and folds into affinities,
+        popularity and co-visitation soon after (see aggregation.py), so a
+        request never waits for that; bare page views go to the log. The
+        outbox changes in the caller's transaction, with them.
         """
         if not entries:
             return 0
         now = now or self.clock()
-        rows = [log_row(entry, now) for entry in entries]
-        waiting = [has_effect(entry.interaction) for entry in entries]
-        log = UserInteraction.__table__
-        if any(waiting):
-            ids = self.session.scalars(
-                insert(log).returning(log.c.id, sort_by_parameter_order=True), rows
-            ).all()
-            self.session.execute(
-                insert(PendingInteraction.__table__),
-                [
-                    {"interaction_id": row_id, "user_id": row["user_id"]}
-                    for row_id, row, waits in zip(ids, rows, waiting, strict=True)
-                    if waits
-                ],
-            )
-        else:
-            self.session.execute(insert(log), rows)
+        waiting, logged = [], []
+        for entry in entries:
+            row = log_row(entry, now)
+            (waiting if has_effect(entry.interaction) else logged).append(row)
+        for table, rows in ((PendingInteraction, waiting), (UserInteraction, logged)):
+            if rows:  # the table, not the class: Core skips the ORM's bulk path
+                self.session.execute(insert(table.__table__), rows)
         if self.outbox:
             self.outbox.queue(entries, now)
         return len(entries)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select
 from models import (
     Category,
     ConsultationRequest,
+    PendingInteraction,
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
@@ -175,9 +176,12 @@ class Privacy:
         and with Personalize data deletion configured, a deletion of the visitor
         is queued there (a data deletion job, sent by the outbox's delivery).
         """
-        interactions = self.session.execute(
-            delete(UserInteraction).where(UserInteraction.user_id == visitor_id)
-        ).rowcount
+        interactions = sum(
+            self.session.execute(
+                delete(model).where(model.user_id == visitor_id)
+            ).rowcount
+            for model in (UserInteraction, PendingInteraction)  # the inbox too
+        )
         affinities = self.session.execute(
             delete(UserCategoryAffinity).where(
                 UserCategoryAffinity.user_id == visitor_id

@@ -14,7 +14,7 @@ from models import PendingInteraction, UserInteraction, VisitorPreference
 from personalization.events import ITEM_KINDS, ItemKey
 from personalization.preferences import Preferences
 from personalization.settings import Settings
-from personalization.statistics import Affinity, aggregated, sql_weight
+from personalization.statistics import Affinity, sql_weight
 
 # Visitors whose histories one statement reads. Statements are built for 1, 2, 4,
 # ... up to this many visitors (a batch is padded with an id no visitor has), so a
@@ -87,6 +87,28 @@ class ProfileState:
     city: str | None
 
 
+def state_statement():
+    """What Profiles.state reads, for the visitor in the `visitor` parameter:
+    built once, as composing it cost more than running it."""
+    log = UserInteraction.__table__
+    visitor = bindparam("visitor")
+    latest = (
+        select(func.max(log.c.id))
+        .where(log.c.user_id == visitor, log.c.target_id.is_not(None))
+        .scalar_subquery()
+    )
+    pending = exists().where(PendingInteraction.user_id == visitor)
+    city = (
+        select(VisitorPreference.city)
+        .where(VisitorPreference.user_id == visitor)
+        .scalar_subquery()
+    )
+    return select(latest, pending, city)
+
+
+STATE = state_statement()
+
+
 def anonymous() -> VisitorProfile:
     """A visitor nothing is known about (GPC, opt-out, or a first request)."""
     return VisitorProfile(None)
@@ -109,7 +131,7 @@ class Profiles:
         self.preferences = preferences
         self.clock = clock
         # Built once per batch size (a power of two): see _history_statement.
-        self._statements: dict[tuple[int, bool], object] = {}
+        self._statements: dict[int, object] = {}
         # Profiles by (visitor, latest, city) of their ProfileState: a profile,
         # with the rankings memoized in it, serves the visitor's pages until they
         # do something new, for at most POPULARITY_CACHE_SECONDS (popular lists
@@ -124,19 +146,7 @@ class Profiles:
 
     def state(self, visitor_id: str) -> ProfileState:
         """The visitor's ProfileState: one round trip, three index lookups."""
-        log = UserInteraction.__table__
-        latest = (
-            select(func.max(log.c.id))
-            .where(log.c.user_id == visitor_id, log.c.target_id.is_not(None))
-            .scalar_subquery()
-        )
-        pending = exists().where(PendingInteraction.user_id == visitor_id)
-        city = (
-            select(VisitorPreference.city)
-            .where(VisitorPreference.user_id == visitor_id)
-            .scalar_subquery()
-        )
-        row = self.session.execute(select(latest, pending, city)).one()
+        row = self.session.execute(STATE, {"visitor": visitor_id}).one()
         return ProfileState(row[0], bool(row[1]), row[2])
 
     def load(
@@ -214,7 +224,6 @@ class Profiles:
         visitor_ids: Iterable[str],
         now: datetime | None = None,
         days: int | None = None,
-        aggregated_only: bool = False,
     ) -> dict[str, list[HistoryItem]]:
         """Each visitor's most recent distinct catalog items, newest first, with the
         net weight of what they did to each.
@@ -222,8 +231,7 @@ class Profiles:
         Reads at most each visitor's last HISTORY_ROWS interactions in the
         history window (or the last `days`), through the (user_id, timestamp)
         index: the cost grows neither with the log nor with one visitor's (or
-        bot's) own history. aggregated_only: leave out rows the aggregator has
-        still to fold in (what the statistics already count).
+        bot's) own history.
         """
         since = (now or self.clock()) - timedelta(
             days=days or self.settings.history_window_days
@@ -236,8 +244,7 @@ class Profiles:
             batch += [NO_VISITOR] * (size - len(batch))
             parameters = {f"visitor_{i}": visitor for i, visitor in enumerate(batch)}
             rows = self.session.execute(
-                self._history_statement(size, aggregated_only),
-                {**parameters, "since": since},
+                self._history_statement(size), {**parameters, "since": since}
             )
             for visitor_id, kind, item_id, net, _ in rows:
                 found[visitor_id].append(
@@ -245,7 +252,7 @@ class Profiles:
                 )
         return found
 
-    def _history_statement(self, visitors: int, aggregated_only: bool = False):
+    def _history_statement(self, visitors: int):
         """The statement behind histories for `visitors` visitors, with its values
         as parameters (visitor_0, visitor_1, ..., since).
 
@@ -253,8 +260,8 @@ class Profiles:
         cost more than running it, on every page view. Each visitor's rows come
         from their own index range, newest first, cut at HISTORY_ROWS.
         """
-        if (visitors, aggregated_only) in self._statements:
-            return self._statements[visitors, aggregated_only]
+        if visitors in self._statements:
+            return self._statements[visitors]
         log = UserInteraction.__table__
         since = bindparam("since", type_=DateTime(timezone=True))
         latest = [
@@ -271,7 +278,6 @@ class Profiles:
                 # Spelled out so the item history index (no page views) serves.
                 log.c.target_id.is_not(None),
                 log.c.target_type.in_(ITEM_KINDS),
-                *([aggregated(log)] if aggregated_only else []),
             )
             .order_by(log.c.timestamp.desc())
             .limit(self.settings.history_rows)
@@ -302,5 +308,5 @@ class Profiles:
             .where(per_item.c.recency <= self.settings.history_size)
             .order_by(per_item.c.user_id, per_item.c.recency)
         )
-        self._statements[visitors, aggregated_only] = statement
+        self._statements[visitors] = statement
         return statement

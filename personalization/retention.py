@@ -9,6 +9,7 @@ from sqlalchemy import Select, delete, func, select
 from models import (
     ConsultationRequest,
     ExperimentAssignment,
+    PendingInteraction,
     PersonalizeOutbox,
     RecommendationImpression,
     UserCategoryAffinity,
@@ -58,6 +59,15 @@ class Retention:
                 select(UserInteraction.id)
                 .where(UserInteraction.timestamp < cutoff)
                 .order_by(UserInteraction.id),
+            ),
+            # Still in the aggregator's inbox (seconds, as a rule) yet already
+            # past the period: an old event delivered late.
+            RetentionTask(
+                "interactions waiting for aggregation",
+                PendingInteraction,
+                select(PendingInteraction.id)
+                .where(PendingInteraction.timestamp < cutoff)
+                .order_by(PendingInteraction.id),
             ),
             # Faded below the floor, or not fed by any interaction still kept.
             RetentionTask(

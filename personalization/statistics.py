@@ -27,7 +27,6 @@ from sqlalchemy import (
 
 from models import (
     ItemPopularity,
-    PendingInteraction,
     Procedure,
     ProcedureCovisitation,
     UserCategoryAffinity,
@@ -81,11 +80,6 @@ def sql_aged_weight(weights, type_column, time_column, rate: float, now: datetim
     return sql_weight(weights, type_column) * func.power(
         rate, sql_days_since(time_column, now)
     )
-
-
-def aggregated(log):
-    """The log row is in the statistics: what rebuilds count (see aggregation.py)."""
-    return log.c.id.not_in(select(PendingInteraction.interaction_id))
 
 
 def with_category_shares(log, shares):
@@ -211,7 +205,6 @@ class Affinity:
             )
             .select_from(with_category_shares(log, shares))
             .where(log.c.interaction_type != "search", log.c.timestamp <= now)
-            .where(aggregated(log))
             .group_by(log.c.user_id, shares.c.category_id)
         )
         table = UserCategoryAffinity.__table__
@@ -384,7 +377,6 @@ class Popularity:
         log = UserInteraction.__table__
         since = now - timedelta(days=self.settings.popularity_window_days)
         in_window = (log.c.timestamp >= since) & (log.c.interaction_type != "search")
-        in_window &= aggregated(log)
         weight = sql_aged_weight(
             self.settings.interaction_weights,
             log.c.interaction_type,
@@ -476,7 +468,6 @@ class CoVisitation:
                 log.c.timestamp >= since,
                 log.c.interaction_type != "search",
                 log.c.target_type == "procedure",
-                aggregated(log),
             )
             .distinct()
             .subquery()

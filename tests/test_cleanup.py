@@ -243,14 +243,6 @@ def test_every_table_with_visitor_data_has_a_retention_task(catalog):
     with catalog.app_context():
         tasks = catalog.extensions["personalization"].retention_tasks(90, utcnow())
     covered = {task.model.__table__.name for task in tasks}
-    # Rows that go when the row they point at goes (ON DELETE CASCADE) are
-    # covered by that table's task: interactions waiting for the aggregator.
-    covered |= {
-        table.name
-        for table in VISITOR_DATA_TABLES
-        for key in table.foreign_keys
-        if key.ondelete == "CASCADE" and key.column.table.name in covered
-    }
     assert {table.name for table in VISITOR_DATA_TABLES} <= covered
 
 

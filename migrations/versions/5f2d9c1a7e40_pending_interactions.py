@@ -1,4 +1,4 @@
-"""interactions waiting for the aggregator; item history index without page views
+"""the inbox of interactions waiting for the aggregator; item history index without page views
 
 Revision ID: 5f2d9c1a7e40
 Revises: 063bafb1b573
@@ -18,10 +18,15 @@ depends_on = None
 
 def upgrade():
     op.create_table('pending_interactions',
-    sa.Column('interaction_id', sa.Integer(), nullable=False),
+    sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.String(length=32), nullable=False),
-    sa.ForeignKeyConstraint(['interaction_id'], ['user_interactions.id'], name=op.f('fk_pending_interactions_interaction_id_user_interactions'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('interaction_id', name=op.f('pk_pending_interactions'))
+    sa.Column('session_id', sa.String(length=64), nullable=False),
+    sa.Column('interaction_type', sa.String(length=50), nullable=False),
+    sa.Column('target_type', sa.String(length=50), nullable=True),
+    sa.Column('target_id', sa.Integer(), nullable=True),
+    sa.Column('extra_data', sa.Text(), nullable=True),
+    sa.Column('timestamp', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pending_interactions'))
     )
     with op.batch_alter_table('pending_interactions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pending_interactions_user_id'), ['user_id'], unique=False)
