@@ -88,6 +88,20 @@ def statistics(app) -> dict:
         }
 
 
+def statistics_inline(app, entries: list[VisitorInteraction]) -> dict:
+    """The statistics these entries make when aggregated as they are recorded;
+    the log and statistics are emptied again afterwards."""
+    with app.app_context():
+        system_of(app).record(entries)
+    made = statistics(app)
+    with app.app_context():
+        for model in (ItemPopularity, ProcedureCovisitation, UserCategoryAffinity):
+            db.session.query(model).delete()
+        db.session.query(UserInteraction).delete()
+        db.session.commit()
+    return made
+
+
 def clicks(app, visitors: int, per_visitor: int) -> list[VisitorInteraction]:
     """Each visitor clicks procedures in a stride of their own, one repeated."""
     ids = [pid for pid, _ in procedures(app)]
@@ -131,14 +145,7 @@ def test_aggregating_in_batches_equals_aggregating_inline(database_url, catalog)
     from helpers import app_config
 
     entries = clicks(catalog, 12, 6)
-    with catalog.app_context():
-        system_of(catalog).record(entries)
-    inline = statistics(catalog)
-    with catalog.app_context():
-        for model in (ItemPopularity, ProcedureCovisitation, UserCategoryAffinity):
-            db.session.query(model).delete()
-        db.session.query(UserInteraction).delete()
-        db.session.commit()
+    inline = statistics_inline(catalog, entries)
 
     batched = create_app(app_config(database_url, AGGREGATION_BATCH=7))
     system = deferred(batched)
@@ -153,14 +160,7 @@ def test_two_aggregators_at_once_count_each_row_once(database_url, catalog):
     from helpers import app_config
 
     entries = clicks(catalog, 40, 5)
-    with catalog.app_context():
-        system_of(catalog).record(entries)
-    expected = statistics(catalog)
-    with catalog.app_context():
-        for model in (ItemPopularity, ProcedureCovisitation, UserCategoryAffinity):
-            db.session.query(model).delete()
-        db.session.query(UserInteraction).delete()
-        db.session.commit()
+    expected = statistics_inline(catalog, entries)
 
     apps = [create_app(app_config(database_url, AGGREGATION_BATCH=9)) for _ in range(2)]
     with apps[0].app_context():
