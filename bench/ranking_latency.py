@@ -208,7 +208,7 @@ def markdown(rows: list[dict], sizes: list[int], rankings: int) -> str:
     lines += [
         "",
         "`flask personalization refresh` (a full rebuild; rankings never need it, "
-        "since every interaction updates the tables) took: "
+        "since the aggregator folds every interaction into the tables) took: "
         + "; ".join(
             f"{database} {r['size']:,} rows {r['refresh']:.1f}s"
             for database in dict.fromkeys(r["database"] for r in rows)
