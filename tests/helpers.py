@@ -83,6 +83,10 @@ def app_config(database_url: str, **overrides) -> dict:
         # Everyone sees personalized pages unless a test puts them in the holdout
         # (a random 10% would make page tests flaky).
         "EXPERIMENT_CONTROL_SHARE": 0.0,
+        # No background aggregator in the test process, even with TESTING off:
+        # it would drain rows other tests expect to wait (see deferred() in
+        # test_aggregation.py). Live servers under test run their own.
+        "AGGREGATION_INTERVAL_SECONDS": 0,
     }
     config.update(overrides)
     return config
@@ -200,6 +204,16 @@ def stored_interactions(app) -> list:
                 UserInteraction.target_id,
             ).order_by(UserInteraction.id)
         ).all()
+
+
+def count_stored(where: str) -> str:
+    """SQL counting the interactions that match `where` wherever a server
+    stored them: in the log, or still in the aggregator's inbox (a server
+    stopped right after answering may not have moved them yet)."""
+    return (
+        f"SELECT (SELECT count(*) FROM user_interactions WHERE {where})"
+        f" + (SELECT count(*) FROM pending_interactions WHERE {where})"
+    )
 
 
 def catalog_id(app, model, slug: str) -> int:

@@ -17,7 +17,13 @@ import psycopg2
 import pytest
 
 from fake_personalize import FakePersonalize
-from helpers import WebVisitor, seeded_site, skip_or_fail, unused_port
+from helpers import (
+    WebVisitor,
+    count_stored,
+    seeded_site,
+    skip_or_fail,
+    unused_port,
+)
 
 
 def click(procedure_id: int) -> dict:
@@ -137,10 +143,7 @@ def test_database_stopping_mid_run_gives_503_then_recovers(private_postgres):
 
     assert "Traceback" not in output
     assert (
-        database.count(
-            "SELECT count(*) FROM user_interactions WHERE interaction_type = 'click'"
-        )
-        == 5
+        database.count(count_stored("interaction_type = 'click'")) == 5
     )  # one before the outage, four after; none half-written during it
 
 
@@ -177,7 +180,7 @@ def test_sqlite_under_concurrent_writers_loses_no_event(tmp_path):
     assert answers == [(202, per_batch)] * (tabs * batches)
     with sqlite3.connect(database) as connection:
         [(stored,)] = connection.execute(
-            "SELECT count(*) FROM user_interactions WHERE interaction_type = 'click'"
+            count_stored("interaction_type = 'click'")
         ).fetchall()
     assert stored == tabs * batches * per_batch
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from helpers import (
     PROJECT,
     WebVisitor,
+    count_stored,
     create_postgres_database,
     drop_postgres_database,
     seeded_site,
@@ -185,12 +186,8 @@ def test_mixed_load_has_no_5xx_and_loses_no_accepted_event(load_database):
         elapsed = time.monotonic() - started
         output = site.output()
 
-    tracked = query(
-        "SELECT count(*) FROM user_interactions WHERE extra_data LIKE '%\"load\":%'"
-    ).fetchone()[0]
-    from_webhook = query(
-        "SELECT count(*) FROM user_interactions WHERE session_id LIKE 'amplitude%'"
-    ).fetchone()[0]
+    tracked = query(count_stored("extra_data LIKE '%\"load\":%'")).fetchone()[0]
+    from_webhook = query(count_stored("session_id LIKE 'amplitude%'")).fetchone()[0]
     report = {
         "database": make_url(database_url).get_backend_name(),
         "seconds": round(elapsed, 1),

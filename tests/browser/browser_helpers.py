@@ -5,6 +5,14 @@ import time
 TRACK_PATH = "/personalization/track-interaction"
 
 
+# Every interaction the site stored: in the log, or still in the aggregator's
+# inbox (moved into the log within AGGREGATION_INTERVAL_SECONDS).
+RECORDED = (
+    "SELECT (SELECT count(*) FROM user_interactions)"
+    " + (SELECT count(*) FROM pending_interactions)"
+)
+
+
 def wait_for_rows(site, sql, expected, seconds=10):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -59,6 +59,7 @@ class LiveSite:
 
     def clear_history(self):
         with sqlite3.connect(self.database) as connection:
+            connection.execute("DELETE FROM pending_interactions")
             connection.execute("DELETE FROM user_interactions")
             connection.execute("DELETE FROM user_category_affinity")
             connection.execute("DELETE FROM item_popularity")

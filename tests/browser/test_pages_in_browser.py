@@ -3,6 +3,8 @@ finds no serious accessibility violation on it."""
 
 import pytest
 
+from browser_helpers import RECORDED
+
 # axe-core's impact levels; "serious" and "critical" block people from using a page.
 BLOCKING_IMPACTS = {"serious", "critical"}
 
@@ -54,7 +56,7 @@ def test_every_page_works_without_javascript(site, no_js_page):
 def test_privacy_forms_work_without_javascript(site, no_js_page):
     page = no_js_page
     page.goto(site.url("/procedures/botox"))
-    assert site.query("SELECT count(*) FROM user_interactions")[0][0] == 1
+    assert site.query(RECORDED)[0][0] == 1
     page.goto(site.url("/privacy"))
     page.get_by_role("link", name="Forget me").click()
     page.wait_for_load_state()
@@ -62,11 +64,11 @@ def test_privacy_forms_work_without_javascript(site, no_js_page):
     page.get_by_role("button", name="Yes, delete everything").click()
     page.wait_for_load_state()
     assert "Deleted 1 recorded interaction and" in page.locator("main").inner_text()
-    assert site.query("SELECT count(*) FROM user_interactions") == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
     page.get_by_role("button", name="Turn personalization off").click()
     page.wait_for_load_state()
     page.goto(site.url("/procedures/botox"))
-    assert site.query("SELECT count(*) FROM user_interactions") == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
 
 
 def test_consent_banner_works_without_javascript(opt_in_site, no_js_page):
@@ -77,7 +79,7 @@ def test_consent_banner_works_without_javascript(opt_in_site, no_js_page):
     assert page.url.endswith("/procedures/botox")
     assert page.locator(".consent-banner").count() == 0
     page.goto(opt_in_site.url("/procedures/rhinoplasty"))
-    assert opt_in_site.query("SELECT count(*) FROM user_interactions")[0][0] >= 1
+    assert opt_in_site.query(RECORDED)[0][0] >= 1
 
 
 def blocking_violations(page) -> list[str]:

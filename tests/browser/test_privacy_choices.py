@@ -1,9 +1,7 @@
 """Privacy choices as a visitor makes them in a real browser: opting out, consent in
 opt-in mode, and "forget me"."""
 
-from browser_helpers import stay_on_page, tracking_requests, wait_for_rows
-
-COUNT_ROWS = "SELECT count(*) FROM user_interactions"
+from browser_helpers import RECORDED, stay_on_page, tracking_requests, wait_for_rows
 
 
 def click_three_procedures(page, site, category="injectables"):
@@ -35,7 +33,7 @@ def test_opt_out_cookie_sends_nothing_and_shows_popular_content(site, page):
     assert sent == []
     assert page.locator("script[data-endpoint]").count() == 0
     assert_home_is_popular(page, site)
-    assert site.query(COUNT_ROWS) == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
 
 
 def test_global_privacy_control_shows_popular_content(site, chromium):
@@ -47,7 +45,7 @@ def test_global_privacy_control_shows_popular_content(site, chromium):
     assert_home_is_popular(page, site)
     context.close()
     assert sent == []
-    assert site.query(COUNT_ROWS) == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
 
 
 def test_opt_in_mode_tracks_only_after_accepting(opt_in_site, page):
@@ -59,7 +57,7 @@ def test_opt_in_mode_tracks_only_after_accepting(opt_in_site, page):
     click_three_procedures(page, site)
     page.wait_for_timeout(1500)
     assert sent == []
-    assert site.query(COUNT_ROWS) == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
 
     page.goto(site.url("/"))
     page.get_by_role("button", name="Accept").click()
@@ -84,7 +82,7 @@ def test_opt_in_mode_declining_keeps_nothing(opt_in_site, page):
     click_three_procedures(page, site)
     page.wait_for_timeout(1500)
     assert sent == []
-    assert site.query(COUNT_ROWS) == [(0,)]
+    assert site.query(RECORDED) == [(0,)]
 
 
 def test_forget_me_empties_the_history(site, page):
