@@ -286,19 +286,6 @@ class PersonalizationSystem(Maintenance):
             item, limit, self.recommenders.for_algorithm(algorithm)
         )
 
-    def record_impressions(
-        self,
-        visitor_id: str,
-        request_id: str,
-        lists: dict[str, Ranking | None],
-        arm: str | None = None,
-    ) -> int:
-        """Store the recommendation lists one request showed a tracked visitor
-        ({list name: Ranking}) in their experiment arm, in one insert; committed
-        on return."""
-        with self.transaction():
-            return self.impressions.record(visitor_id, request_id, lists, arm)
-
     # The A/B holdout
 
     def experiment_arm(self, visitor_id: str) -> str:

@@ -317,17 +317,11 @@ class Sections:
         """Items like this one (procedure pages: "similar procedures")."""
         return self.load(item.kind, (recommender or self.recommender).similar(item, k))
 
-    def popular_in_city(
-        self, city: str, k: int, shown: frozenset[int] = frozenset()
-    ) -> Ranking:
-        """The city's doctors, most popular first, then top rated; none of the
-        `shown` ones (already on the page)."""
-        return self.load("doctor", self.popular_in_city_ranked(city, k, shown), city)
-
     def popular_in_city_ranked(
         self, city: str, k: int, shown: frozenset[int] = frozenset()
     ) -> list[Scored]:
-        """What popular_in_city shows, before its doctors are loaded."""
+        """The city's doctors, most popular first, then top rated; none of the
+        `shown` ones (already on the page)."""
         in_city = [d for d in self.items.doctors_in(city) if d not in shown]
         popular = self.recommender.recommend(anonymous(), "doctor", REGIONAL_POOL)
         chosen = [s for s in popular if s.item.id in set(in_city)][:k]
@@ -339,16 +333,10 @@ class Sections:
         ][: k - len(chosen)]
         return non_increasing([replace(s, reason="popular_in_city") for s in chosen])
 
-    def recently_viewed(self, visitor: VisitorProfile, k: int) -> list[Any]:
-        """The procedures, doctors and packages the visitor saw last, newest
-        first (disliked ones left out)."""
-        keys = self.recent_keys(visitor, k)
-        found = self.load_keys(keys)
-        return [found[key] for key in keys if key in found]
-
     @staticmethod
     def recent_keys(visitor: VisitorProfile, k: int) -> list[ItemKey]:
-        """What recently_viewed shows, before it is loaded."""
+        """The procedures, doctors and packages the visitor saw last, newest
+        first (disliked ones left out)."""
         return [
             key
             for key in visitor.recent
