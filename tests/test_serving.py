@@ -14,8 +14,16 @@ from helpers import fetch, flask_cli, gunicorn_command, running_server
 
 
 @pytest.fixture
-def serve():
-    """Start server commands; stop them when the test ends."""
+def serve(request):
+    """Start server commands; stop them when the test ends.
+
+    A test that also uses `app` gets it set up first, so pytest (which tears
+    down in reverse) stops the servers before `app` empties the tables: a
+    server still aggregating while rows are deleted can deadlock the delete
+    or write rows into the next test.
+    """
+    if "app" in request.fixturenames:
+        request.getfixturevalue("app")
     with ExitStack() as servers:
         yield lambda command, env, url: servers.enter_context(
             running_server(command, env, url)
