@@ -2,8 +2,9 @@
 counts for, the order of a catalog with no data yet, and loading items for a page."""
 
 import threading
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cachetools import TTLCache
 from sqlalchemy import String, bindparam, func, literal, or_, select, union_all
@@ -63,7 +64,8 @@ def catalog_order(kind: str) -> list:
 class Items:
     """Catalog lookups the engine makes, batched by kind."""
 
-    def __init__(self, session):
+    def __init__(self, session, timer: Callable[[], float] = time.monotonic):
+        """`timer` measures how long an item stays known (tests pass a fake)."""
         self.session = session
         # Statements built once (their values are parameters): composing them
         # cost more than running them, several times a page.
@@ -90,7 +92,7 @@ class Items:
             .order_by(*top_rated_order())
         )
         # Items found to exist: an item deleted since stays "known" this long.
-        self._known: TTLCache = TTLCache(KNOWN_ITEMS, KNOWN_ITEM_SECONDS)
+        self._known: TTLCache = TTLCache(KNOWN_ITEMS, KNOWN_ITEM_SECONDS, timer)
         self._known_lock = threading.Lock()
 
     def existing(self, keys: Iterable[ItemKey]) -> set[ItemKey]:
@@ -103,17 +105,20 @@ class Items:
         wanted: dict[str, set[int]] = defaultdict(set)
         for key in keys - found:
             wanted[key.kind].add(key.id)
-        for kind, ids in wanted.items():
-            model = MODELS[kind]
-            found |= {
-                ItemKey(kind, item_id)
-                for item_id in self.session.scalars(
-                    select(model.id).where(model.id.in_(ids))
-                )
-            }
-        with self._known_lock:
-            self._known.update(dict.fromkeys(found, True))
-        return found
+        looked_up = {
+            ItemKey(kind, item_id)
+            for kind, ids in wanted.items()
+            for item_id in self.session.scalars(
+                select(MODELS[kind].id).where(MODELS[kind].id.in_(ids))
+            )
+        }
+        # Only what was just read: storing a known key again would restart its
+        # time, so an item tracked all day would never be looked up again and
+        # would stay "existing" after it was deleted.
+        if looked_up:
+            with self._known_lock:
+                self._known.update(dict.fromkeys(looked_up, True))
+        return found | looked_up
 
     def load(self, kind: str, ids: Iterable[int]) -> dict[int, object]:
         """The catalog rows of these ids, by id, in one query."""

@@ -533,3 +533,30 @@ def test_rejections_are_counted_per_day_and_reason(catalog, browser):
             ).order_by(RejectedEventCount.reason)
         ).all()
     assert counts == [("tracker", "unknown_item", 2), ("tracker", "unknown_type", 1)]
+
+
+def test_an_item_stays_known_for_its_time_from_the_lookup_not_from_its_last_use(
+    catalog,
+):
+    """Tracking checks items against the catalog once a minute per process: an item
+    clicked all day is still looked up again, so one deleted since is refused."""
+    from sqlalchemy import event
+
+    from models import db
+    from personalization.events import ItemKey
+    from personalization.items import KNOWN_ITEM_SECONDS, Items
+
+    now = [0.0]
+    botox = ItemKey("procedure", catalog_id(catalog, Procedure, "botox"))
+    with catalog.app_context():
+        items = Items(db.session, timer=lambda: now[0])
+        lookups = []
+        event.listen(db.engine, "before_cursor_execute", lambda *a: lookups.append(1))
+        assert items.existing([botox]) == {botox}
+        for moment in range(1, KNOWN_ITEM_SECONDS, 10):  # in use all along
+            now[0] = moment
+            assert items.existing([botox]) == {botox}
+        assert len(lookups) == 1
+        now[0] = KNOWN_ITEM_SECONDS + 1
+        assert items.existing([botox]) == {botox}
+        assert len(lookups) == 2
