@@ -199,7 +199,13 @@ class PersonalizationSystem(Maintenance):
         impressions: tuple[str, dict[str, Ranking | None], str | None] | None,
     ) -> None:
         """One page's view and lists shown (request id, {list name: Ranking},
-        experiment arm) for a tracked visitor, in one transaction (committed)."""
+        experiment arm) for a tracked visitor, in one transaction (committed).
+
+        For after the page is rendered: the catalog rows it loaded are let go
+        first, rather than expired one attribute at a time by the commit (a
+        fifth of this write's time, for objects nothing reads again).
+        """
+        self.session.expunge_all()
         with self.transaction():
             if view:
                 self.ingest.record([VisitorInteraction(visitor_id, session_id, view)])
