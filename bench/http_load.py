@@ -9,7 +9,11 @@ PostgreSQL, each against a baseline in the same run:
 - memory: peak RSS of a worker after 100k+ mixed requests (many new visitors: the
   per-process caches must stay bounded).
 
-    .venv/bin/python bench/http_load.py [--seconds 10] [--write BENCHMARKS.md]
+Each ratio's two sides run ROUNDS times, taking turns, and their medians are
+compared: runs of one commit vary by 0.1 on this machine.
+
+    .venv/bin/python bench/http_load.py [--seconds 10] [--rounds 3]
+        [--databases sqlite,postgresql] [--write BENCHMARKS.md]
 """
 
 import argparse
@@ -46,6 +50,10 @@ SECRET = "benchmark-only"
 VISITOR = "a1" * 16
 CONNECTIONS = 16
 MIXED_REQUESTS = 100_000
+# Each ratio's measure and baseline run this many times, alternately, after a
+# warm-up run of each; the medians are compared.
+ROUNDS = 3
+WARM_UP_SECONDS = 2
 
 
 def free_port() -> int:
@@ -268,7 +276,31 @@ def catch_up(url: str, limit: float = 60.0) -> dict | None:
         engine.dispose()
 
 
-def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median requests/s (the upper middle of an even count)."""
+    return sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
+
+
+def alternate(measure, baseline, seconds: int, rounds: int, after_measure=None):
+    """Run wrk on a measure and its baseline in turn, `rounds` times each, after
+    a warm-up of each; the median run of each. Alternating spreads this
+    machine's drift over both sides instead of onto one. `after_measure` runs
+    after each measured round (and its result is kept), so that, say, the
+    aggregator's catch-up never overlaps the baseline's run."""
+    measure(WARM_UP_SECONDS)
+    baseline(WARM_UP_SECONDS)
+    measured, based, after = [], [], []
+    for _ in range(rounds):
+        measured.append(measure(seconds))
+        if after_measure:
+            after.append(after_measure())
+        based.append(baseline(seconds))
+    return median_run(measured), median_run(based), measured, based, after
+
+
+def run(
+    kind: str, seconds: int, rounds: int, mixed_requests: int = MIXED_REQUESTS
+) -> dict:
     url, cleanup = scratch_database(kind)
     results = {"database": kind}
     try:
@@ -284,25 +316,58 @@ def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
             # The visitor sees personal lists (not the A/B holdout's popular ones).
             "EXPERIMENT_CONTROL_SHARE": "0",
         }
-        for label, enabled in (("personalized", "true"), ("plain", "false")):
-            server = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": enabled})
-            try:
-                # Like a browser, wrk sends back the session cookie of the
-                # visitor's first page (which holds their arm of the holdout).
-                cookies = browser_cookies(server.base, cookie)
-                results[label] = wrk(
-                    server.base + "/", seconds, headers=[f"Cookie: {cookies}"]
-                )
-            finally:
-                server.stop()
+        personalized = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": "true"})
+        plain = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": "false"})
+        try:
+            # Like a browser, wrk sends back the session cookie of the
+            # visitor's first page (which holds their arm of the holdout).
+            pages = {
+                server: [f"Cookie: {browser_cookies(server.base, cookie)}"]
+                for server in (personalized, plain)
+            }
+            page, base, pages_runs, plain_runs, _ = alternate(
+                lambda s: wrk(personalized.base + "/", s, headers=pages[personalized]),
+                lambda s: wrk(plain.base + "/", s, headers=pages[plain]),
+                seconds,
+                rounds,
+            )
+            results.update(personalized=page, plain=base)
+            results["rounds"] = {
+                "personalized": [run["rps"] for run in pages_runs],
+                "plain": [run["rps"] for run in plain_runs],
+            }
+        finally:
+            personalized.stop()
+            plain.stop()
 
         server = Server(gunicorn(), env)
+        bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
         try:
             script = tracking_script(server.base, procedures)
-            results["tracking"] = wrk(
-                server.base + "/personalization/track-interaction", seconds, script
+            bare_script = post_script(
+                "/ingest",
+                json.dumps(click_batch(procedures)),
+                {"Content-Type": "application/json"},
             )
-            results["backlog"] = catch_up(url)
+            tracked, ceiling, tracking_runs, bare_runs, backlogs = alternate(
+                lambda s: wrk(
+                    server.base + "/personalization/track-interaction", s, script
+                ),
+                lambda s: wrk(bare.base + "/ingest", s, bare_script),
+                seconds,
+                rounds,
+                after_measure=lambda: catch_up(url),
+            )
+            results.update(tracking=tracked, bare=ceiling)
+            results["rounds"].update(
+                tracking=[run["rps"] for run in tracking_runs],
+                bare=[run["rps"] for run in bare_runs],
+            )
+            if all(backlogs):
+                results["backlog"] = max(backlogs, key=lambda b: b["seconds"])
+        finally:
+            bare.stop()
+        try:
             # Mixed pages until at least `mixed_requests`, then the workers' peak RSS.
             script = mixed_script(procedures)
             runs = [wrk(server.base, seconds, script)]
@@ -315,28 +380,20 @@ def run(kind: str, seconds: int, mixed_requests: int = MIXED_REQUESTS) -> dict:
             results["peak_rss_mb"] = server.worker_peak_rss_mb()
         finally:
             server.stop()
-
-        bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
-        try:
-            script = post_script(
-                "/ingest",
-                json.dumps(click_batch(procedures)),
-                {"Content-Type": "application/json"},
-            )
-            results["bare"] = wrk(bare.base + "/ingest", seconds, script)
-        finally:
-            bare.stop()
         print(json.dumps(results), flush=True)
         return results
     finally:
         cleanup()
 
 
-def markdown(results: list[dict], seconds: int) -> str:
+def markdown(results: list[dict], seconds: int, rounds: int) -> str:
     lines = [
         "Command: `.venv/bin/python bench/http_load.py` (gunicorn.conf.py, 2 "
         f"workers; wrk -t2 -c{CONNECTIONS} -d{seconds}s on 127.0.0.1; load "
-        "generator on the same 2 cores). Visitor with history: 6 clicks, 10k "
+        "generator on the same 2 cores). Each ratio compares medians: the measure "
+        f"and its baseline ran {rounds} times each, taking turns, after a "
+        f"{WARM_UP_SECONDS} s warm-up of each (req/s of every round below the "
+        "table). Visitor with history: 6 clicks, 10k "
         "background interactions; wrk sends their visitor and session cookies, "
         "as a browser does; every personalized page records its view and its "
         "impressions.",
@@ -368,8 +425,8 @@ def markdown(results: list[dict], seconds: int) -> str:
                 f"{tracking / bare:.2f}",
             ),
             (
-                "aggregation backlog when the tracking load stopped, and the "
-                "seconds until it was all in the statistics",
+                "aggregation backlog when a tracking round stopped (the slowest "
+                "round), and the seconds until it was all in the statistics",
                 f"{r['backlog']['waiting']:,} rows, {r['backlog']['seconds']:.1f} s"
                 if r.get("backlog")
                 else "none (aggregated in the request)",
@@ -385,6 +442,13 @@ def markdown(results: list[dict], seconds: int) -> str:
             ("non-2xx responses", str(errors + r["mixed"]["errors"]), "–", "–"),
         ]
         lines += [f"| {name} | " + " | ".join(row) + " |" for row in rows]
+    lines.append("")
+    for r in results:
+        rounds = ", ".join(
+            f"{label} " + " / ".join(f"{rps:,.0f}" for rps in values)
+            for label, values in r["rounds"].items()
+        )
+        lines.append(f"- {r['database']}, req/s of each round: {rounds}.")
     return "\n".join(lines)
 
 
@@ -393,15 +457,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--mixed-requests", type=int, default=MIXED_REQUESTS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
     results = [
-        run(kind, args.seconds, args.mixed_requests)
+        run(kind, args.seconds, args.rounds, args.mixed_requests)
         for kind in args.databases.split(",")
     ]
-    table = markdown(results, args.seconds)
+    table = markdown(results, args.seconds, args.rounds)
     print(table)
     if args.write:
         replace_section(args.write, "http-load", table)
