@@ -140,13 +140,9 @@ class Aggregation:
         visitors over.
         """
         with_items = {e.visitor_id for e in entries if e.interaction.item}
-        histories = self.profiles.histories(
+        seen = self.profiles.items_seen(
             with_items, now, self.settings.popularity_window_days
         )
-        seen = {
-            visitor: {entry.item for entry in history}
-            for visitor, history in histories.items()
-        }
         seen_categories = self.affinity.categories_of(with_items)
         shares = self.category_shares(entries)
         self.affinity.add(entries, shares, now)
