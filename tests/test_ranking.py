@@ -341,7 +341,9 @@ def test_profile_state_follows_item_rows_and_never_reads_page_views(sqlite_url):
             engine.record_interactions("v" * 32, "s", views(botox))
             before = engine.profiles.state("v" * 32).latest
             engine.record_interactions(
-                "v" * 32, "s", [Interaction("view", None)] * 3  # bare page views
+                "v" * 32,
+                "s",
+                [Interaction("view", None)] * 3,  # bare page views
             )
             assert engine.profiles.state("v" * 32).latest == before
             engine.record_interactions("v" * 32, "s", views(botox))
