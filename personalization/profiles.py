@@ -258,7 +258,7 @@ class Profiles:
     ) -> dict[str, set[ItemKey]]:
         """The distinct items among each visitor's last HISTORY_ROWS interactions
         of the last `days`: what the aggregator's first-time checks need, read
-        without the weights and recency ranking of histories (half the time)."""
+        without the weights and recency ranking of histories (a third less time)."""
         found: dict[str, set[ItemKey]] = defaultdict(set)
         for visitor_id, kind, item_id in self._per_visitor(
             self._seen_statement, visitor_ids, now, days
