@@ -2,15 +2,14 @@
 
 import time
 
+from helpers import count_stored
+
 TRACK_PATH = "/personalization/track-interaction"
 
 
 # Every interaction the site stored: in the log, or still in the aggregator's
 # inbox (moved into the log within AGGREGATION_INTERVAL_SECONDS).
-RECORDED = (
-    "SELECT (SELECT count(*) FROM user_interactions)"
-    " + (SELECT count(*) FROM pending_interactions)"
-)
+RECORDED = count_stored("1 = 1")
 
 
 def wait_for_rows(site, sql, expected, seconds=10):
