@@ -11,6 +11,7 @@ from functools import cache
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
+    ARRAY,
     Boolean,
     Column,
     Date,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     cast,
     event,
     func,
@@ -754,15 +756,14 @@ def dialect_insert(session, table):
     return postgresql.insert(table) if is_postgres(session) else sqlite.insert(table)
 
 
-UPSERT_ROWS_PER_STATEMENT = 500
-
-
 def upsert_rows(session, table, rows: list[dict], keys: list, set_for_existing) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE for many rows.
+    """INSERT ... ON CONFLICT DO UPDATE for many rows (all with the same fields).
 
     `set_for_existing(excluded)` gives the SET clause for rows that already exist;
-    `excluded` holds the proposed row. PostgreSQL gets multi-row statements (its
-    cost is round trips: measured 2x faster on 1000-event webhook batches);
+    `excluded` holds the proposed row. PostgreSQL gets one statement whatever
+    the row count: each field's values as one array, unnested into rows, so its
+    text and compiled form never change (a VALUES list per row was compiled
+    afresh for every batch size, and measured 3-4x slower at 30 to 1,000 rows);
     SQLite, in-process, gets one reusable statement run for every row.
     """
     if not rows:
@@ -776,12 +777,22 @@ def upsert_rows(session, table, rows: list[dict], keys: list, set_for_existing) 
             rows,
         )
         return
-    for start in range(0, len(rows), UPSERT_ROWS_PER_STATEMENT):
-        statement = postgresql.insert(table).values(
-            rows[start : start + UPSERT_ROWS_PER_STATEMENT]
+    names = list(rows[0])
+    statement = postgresql.insert(table).from_select(names, unnested(table, names))
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=keys, set_=set_for_existing(statement.excluded)
+        ),
+        {name: [row[name] for row in rows] for name in names},
+    )
+
+
+def unnested(table, names: list[str]):
+    """SELECT unnest(:a), unnest(:b), ...: rows from one array parameter per
+    column (PostgreSQL unnests arrays of one length side by side)."""
+    return select(
+        *(
+            func.unnest(cast(bindparam(name), ARRAY(table.c[name].type))).label(name)
+            for name in names
         )
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=keys, set_=set_for_existing(statement.excluded)
-            )
-        )
+    )
