@@ -584,6 +584,20 @@ class ExperimentAssignment(db.Model):
     )
 
 
+class ErasedVisitor(db.Model):
+    """A visitor erased ("forget me") in the last ERASED_VISITOR_HOURS: writes
+    of theirs that were still on their way (a page's activity held in a worker
+    until its next flush) are dropped when they arrive instead of stored. Holds
+    the id and when, nothing else; the cleanup deletes it after that time."""
+
+    __tablename__ = "erased_visitors"
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=True
+    )
+
+
 class RejectedEventCount(db.Model):
     """How many events a source sent that were refused, per day and reason: the
     dashboard's data quality page. Counts only: nothing about who sent them."""

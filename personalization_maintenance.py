@@ -5,11 +5,13 @@ the facade, each method owns its transactions.
 
 It works on the parts PersonalizationSystem wires: session, settings, clock,
 aggregation, popularity, covisitation, neighbours, outbox, retention, profiles,
-preferences, sections, recommenders, and its reading() and transaction().
+preferences, sections, recommenders, ingest, impressions, privacy, page_buffer,
+and its reading() and transaction().
 """
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -17,8 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models import refresh_planner_statistics, utcnow
 from personalization import evaluation
+from personalization.aggregation import has_effect
+from personalization.events import Interaction, VisitorInteraction
 from personalization.export import export_datasets, sync_catalog
 from personalization.outbox import Backlog
+from personalization.ranking import Ranking
 from personalization.regions import CityRates, match_rates
 from personalization.retention import RetentionTask
 from personalize_client import PersonalizeClient
@@ -61,6 +66,65 @@ class Maintenance:
             if not batch:
                 return folded
             folded += batch
+
+    def upkeep(self) -> None:
+        """What a server process's background loop does every
+        AGGREGATION_INTERVAL_SECONDS: store the pages it holds, then aggregate."""
+        self.store_held_pages()
+        self.aggregate()
+
+    # Pages held between aggregator runs (page_buffer.py)
+
+    @property
+    def holds_pages(self) -> bool:
+        return not self.aggregate_inline and self.page_buffer.limit > 0
+
+    def hold_page(
+        self,
+        visitor_id: str,
+        session_id: str,
+        view: Interaction | None,
+        impressions: tuple[str, dict[str, Ranking | None], str | None] | None,
+    ) -> Interaction | None:
+        """Hold what no ranking reads of a page, as of now: a view without an
+        item, and the lists shown. Return the view rankings do read (an item's),
+        which the caller stores; store everything held when the buffer is full."""
+        held_views = []
+        if view and not has_effect(view):
+            held = replace(view, occurred_at=view.occurred_at or self.clock())
+            held_views.append(VisitorInteraction(visitor_id, session_id, held))
+            view = None
+        shown = self.impressions.rows(visitor_id, *impressions) if impressions else []
+        if self.page_buffer.add(held_views, shown):
+            self.store_held_pages()
+        return view
+
+    def store_held_pages(self) -> int:
+        """Store the page views and impressions this process holds (see
+        page_buffer.py) in one transaction, except those of visitors erased
+        since; say how many rows were held. On failure they are held again."""
+        views, shown = self.page_buffer.take()
+        if not views and not shown:
+            return 0
+        try:
+            with self.transaction():
+                # An erasure commits before this reads erased_visitors, or
+                # waits until this has committed (and then deletes the rows).
+                self.aggregation.lock()
+                erased = self.privacy.erased_among(
+                    {view.visitor_id for view in views}
+                    | {row["user_id"] for row in shown}
+                )
+                self.ingest.record([v for v in views if v.visitor_id not in erased])
+                self.impressions.store(
+                    [row for row in shown if row["user_id"] not in erased]
+                )
+        except Exception:
+            dropped = self.page_buffer.put_back(views, shown)
+            if dropped:
+                log.warning("%d held page rows dropped: the buffer is full", dropped)
+            raise
+        return len(views) + len(shown)
 
     # Statistics, Personalize, cleanup, datasets, evaluation
 

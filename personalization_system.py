@@ -9,6 +9,7 @@ returns, or rolls back and re-raises; nothing inside the package commits.
                 -> models (the database), personalize_client (AWS)
 """
 
+import atexit
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ from personalization.ingest import TRACKER, ExternalResult, Ingest
 from personalization.items import Items
 from personalization.neighbours import ProcedureNeighbours, with_neighbours
 from personalization.outbox import Outbox
+from personalization.page_buffer import PageBuffer
 from personalization.personalize import with_user_campaign
 from personalization.preferences import Preferences
 from personalization.privacy import Privacy
@@ -113,6 +115,9 @@ class PersonalizationSystem(Maintenance):
         # no background aggregator runs (AGGREGATION_INTERVAL_SECONDS=0, tests,
         # the offline evaluation). init_app turns it off when one does.
         self.aggregate_inline = True
+        # Page views without an item and impressions, held until the background
+        # aggregator's next run when one runs (see page_buffer.py).
+        self.page_buffer = PageBuffer(settings.page_buffer_rows)
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
@@ -199,12 +204,19 @@ class PersonalizationSystem(Maintenance):
         impressions: tuple[str, dict[str, Ranking | None], str | None] | None,
     ) -> None:
         """One page's view and lists shown (request id, {list name: Ranking},
-        experiment arm) for a tracked visitor, in one transaction (committed).
+        experiment arm) for a tracked visitor. What rankings read (the view of
+        an item) is committed on return; the rest is too, or, when a background
+        aggregator runs, held until its next run (see page_buffer.py).
 
         For after the page is rendered: the catalog rows it loaded are let go
         first, rather than expired one attribute at a time by the commit (a
         fifth of this write's time, for objects nothing reads again).
         """
+        if self.holds_pages:
+            view = self.hold_page(visitor_id, session_id, view, impressions)
+            impressions = None
+            if not view:
+                return
         self.session.expunge_all()
         with self.transaction():
             if view:
@@ -361,12 +373,14 @@ class PersonalizationSystem(Maintenance):
 
     def visitor_summary(self, visitor_id: str) -> dict:
         """How much is stored about a visitor, and their strongest interests."""
+        self.store_held_pages()
         self.catch_up(visitor_id)
         with self.reading():
             return self.privacy.summary(visitor_id)
 
     def visitor_data(self, visitor_id: str) -> dict:
         """Everything stored about a visitor, for them to download."""
+        self.store_held_pages()
         self.catch_up(visitor_id)
         with self.reading():
             return self.privacy.download(visitor_id, self.clock())
@@ -449,7 +463,11 @@ def aggregator_starter(app: Flask, system: PersonalizationSystem) -> Callable:
         with starting:
             if not started:
                 interval = system.settings.aggregation_interval_seconds
-                repeat_in_background(app, interval, "aggregator", system.aggregate)
+                repeat_in_background(app, interval, "aggregator", system.upkeep)
+                # A worker that stops (a restart, a deploy) stores what it holds.
+                atexit.register(
+                    in_app_context, app, system.store_held_pages, "storing pages"
+                )
                 started.append(True)
 
     return start
@@ -473,6 +491,15 @@ def start_event_sync(
     )
 
 
+def in_app_context(app: Flask, job: Callable[[], object], name: str) -> None:
+    """Run `job` in the app's context; log, rather than raise, any failure."""
+    try:
+        with app.app_context():
+            job()
+    except Exception:  # a background job must survive anything, and say so
+        log.exception("%s failed", name)
+
+
 def repeat_in_background(
     app: Flask, interval: float, name: str, job: Callable[[], object]
 ) -> None:
@@ -482,10 +509,6 @@ def repeat_in_background(
     def forever() -> None:
         while True:
             time.sleep(interval)
-            try:
-                with app.app_context():
-                    job()
-            except Exception:  # the loop must survive anything, and say so
-                log.exception("%s failed; it runs again in %s s", name, interval)
+            in_app_context(app, job, name)
 
     threading.Thread(target=forever, name=name, daemon=True).start()

@@ -28,8 +28,17 @@ class Impressions:
         """Store the lists one request showed ({list name: Ranking}) to a visitor
         in an experiment arm, in one statement; empty lists are not stored.
         Return how many were."""
+        rows = self.rows(visitor_id, request_id, lists, arm)
+        self.store(rows)
+        return len(rows)
+
+    def rows(
+        self, visitor_id: str, request_id: str, lists: dict, arm: str | None = None
+    ) -> list[dict]:
+        """The rows that record stores, shown now (a page may hold them a while:
+        see page_buffer.py)."""
         now = self.clock()
-        rows = [
+        return [
             {
                 "id": ranking.list_id,
                 "user_id": visitor_id,
@@ -47,10 +56,12 @@ class Impressions:
             for name, ranking in lists.items()
             if ranking is not None and len(ranking)
         ]
+
+    def store(self, rows: list[dict]) -> None:
+        """Insert impression rows, of any visitors, in one statement."""
         if rows:
             # The table, not the class: a Core insert skips the ORM's bulk path.
             self.session.execute(insert(RecommendationImpression.__table__), rows)
-        return len(rows)
 
     def of_visitor(self, visitor_id: str) -> list[dict]:
         """The lists a visitor was shown, oldest first, in plain fields."""

@@ -10,11 +10,13 @@ from sqlalchemy import delete, func, select
 from models import (
     Category,
     ConsultationRequest,
+    ErasedVisitor,
     PendingInteraction,
     PersonalizeOutbox,
     UserCategoryAffinity,
     UserInteraction,
     as_utc,
+    dialect_insert,
     utcnow,
 )
 from personalization.consultations import Consultations, as_record
@@ -26,6 +28,10 @@ from personalization.outbox import Outbox
 from personalization.preferences import Preferences
 from personalization.settings import Settings
 from personalization.statistics import decayed
+
+# How long an erased visitor's id is kept in erased_visitors, so that writes of
+# theirs still on their way are dropped (see ErasedVisitor).
+ERASED_VISITOR_HOURS = 24
 
 
 class Privacy:
@@ -175,6 +181,8 @@ class Privacy:
         Events still waiting for Personalize go too: erasure reaches the outbox;
         and with Personalize data deletion configured, a deletion of the visitor
         is queued there (a data deletion job, sent by the outbox's delivery).
+        The erasure itself is noted for ERASED_VISITOR_HOURS, so what a server
+        process still holds of the visitor is dropped, not stored.
         """
         interactions = sum(
             self.session.execute(
@@ -198,8 +206,32 @@ class Privacy:
         self.preferences.choose_city(visitor_id, None)
         self.impressions.forget(visitor_id)
         self.experiment.forget(visitor_id)
+        self.remember_erased(visitor_id)
         return {
             "interactions": interactions,
             "affinities": affinities,
             "consultation_requests": requests,
         }
+
+    def remember_erased(self, visitor_id: str) -> None:
+        """Note the erasure for ERASED_VISITOR_HOURS (again, if it was erased
+        before)."""
+        insert = dialect_insert(self.session, ErasedVisitor.__table__)
+        self.session.execute(
+            insert.values(user_id=visitor_id, erased_at=utcnow()).on_conflict_do_update(
+                index_elements=["user_id"],
+                set_={"erased_at": insert.excluded.erased_at},
+            )
+        )
+
+    def erased_among(self, visitor_ids: set[str]) -> set[str]:
+        """Which of these visitors were erased lately."""
+        if not visitor_ids:
+            return set()
+        return set(
+            self.session.scalars(
+                select(ErasedVisitor.user_id).where(
+                    ErasedVisitor.user_id.in_(sorted(visitor_ids))
+                )
+            )
+        )

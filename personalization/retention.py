@@ -8,6 +8,7 @@ from sqlalchemy import Select, delete, func, select
 
 from models import (
     ConsultationRequest,
+    ErasedVisitor,
     ExperimentAssignment,
     PendingInteraction,
     PersonalizeOutbox,
@@ -18,6 +19,7 @@ from models import (
     WebhookEventKey,
 )
 from personalization.outbox import DELETE_USER
+from personalization.privacy import ERASED_VISITOR_HOURS
 from personalization.settings import Settings
 from personalization.statistics import Affinity
 
@@ -124,6 +126,17 @@ class Retention:
                 select(VisitorPreference.user_id)
                 .where(VisitorPreference.updated_at < cutoff)
                 .order_by(VisitorPreference.user_id),
+            ),
+            # Needed only while writes of the visitor may still arrive.
+            RetentionTask(
+                "erasure notes",
+                ErasedVisitor,
+                select(ErasedVisitor.user_id)
+                .where(
+                    ErasedVisitor.erased_at
+                    < now - timedelta(hours=ERASED_VISITOR_HOURS)
+                )
+                .order_by(ErasedVisitor.user_id),
             ),
             RetentionTask(
                 "consultation requests",

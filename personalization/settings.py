@@ -104,6 +104,11 @@ class Settings:
     aggregation_interval_seconds: float = tunable(0.5, 0.0, 60.0)
     # Log rows folded in per transaction.
     aggregation_batch: int = tunable(5000, 1, 100_000)
+    # Page views without an item, and the lists pages showed, that each server
+    # process holds between its aggregator's runs and then stores in one insert
+    # per table; it stores them at once when this many wait (0: each page
+    # stores its own before answering, as when no background aggregator runs).
+    page_buffer_rows: int = tunable(2000, 0, 100_000)
     # Visitor profiles (and the rankings worked out from them) each process
     # keeps between pages, until the visitor does something new or
     # POPULARITY_CACHE_SECONDS pass (0: none).

@@ -135,6 +135,7 @@ def add_everything_once(app, age_in_days: float) -> None:
     consultation request 60 days more: it has its own, longer, period)."""
     from models import (
         ConsultationRequest,
+        ErasedVisitor,
         ExperimentAssignment,
         PersonalizeOutbox,
         RecommendationImpression,
@@ -204,6 +205,7 @@ def add_everything_once(app, age_in_days: float) -> None:
         db.session.add(
             VisitorPreference(user_id=f"v{tag}", city="Miami", updated_at=then)
         )
+        db.session.add(ErasedVisitor(user_id=f"e{tag}", erased_at=then))
         db.session.add(
             ConsultationRequest(
                 reference=f"R{tag}",
@@ -264,7 +266,22 @@ def test_cleanup_empties_every_table_of_what_is_past_retention(database_url, cat
         "consultation_requests": 1,
         "recommendation_impressions": 1,
         "experiment_assignments": 1,
+        "erased_visitors": 0,  # kept a day, not the period
     }
+
+
+def test_an_erasure_note_is_kept_a_day(catalog, runner):
+    from models import ErasedVisitor
+
+    with catalog.app_context():
+        for hours in (23, 25):
+            then = utcnow() - timedelta(hours=hours)
+            db.session.add(ErasedVisitor(user_id=f"e{hours}", erased_at=then))
+        db.session.commit()
+    result = runner.invoke(args=["personalization", "cleanup"])
+    assert result.exit_code == 0, result.output
+    with catalog.app_context():
+        assert db.session.scalars(select(ErasedVisitor.user_id)).all() == ["e23"]
 
 
 def test_a_forget_me_not_yet_sent_to_personalize_outlives_the_period(catalog, runner):
