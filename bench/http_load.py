@@ -13,7 +13,8 @@ Each ratio's two sides run ROUNDS times, taking turns, and their medians are
 compared: runs of one commit vary by 0.1 on this machine.
 
     .venv/bin/python bench/http_load.py [--seconds 10] [--rounds 3]
-        [--databases sqlite,postgresql] [--write BENCHMARKS.md]
+        [--databases sqlite,postgresql] [--measures pages,tracking,memory]
+        [--set NAME=VALUE ...] [--write BENCHMARKS.md]
 """
 
 import argparse
@@ -54,6 +55,7 @@ MIXED_REQUESTS = 100_000
 # warm-up run of each; the medians are compared.
 ROUNDS = 3
 WARM_UP_SECONDS = 2
+MEASURES = ("pages", "tracking", "memory")
 
 
 def free_port() -> int:
@@ -232,6 +234,7 @@ def click_batch(procedures: list[int]) -> dict:
     }
 
 
+TRACK_PATH = "/personalization/track-interaction"
 # Tracking load comes from this many visitors in turn, as a site's does.
 TRACKING_VISITORS = 100
 
@@ -246,7 +249,7 @@ def tracking_script(base: str, procedures: list[int]) -> str:
     ]
     token, session = csrf_session(base, cookies[0])
     return post_script(
-        "/personalization/track-interaction",
+        TRACK_PATH,
         json.dumps(click_batch(procedures)),
         {"Content-Type": "application/json", "X-CSRFToken": token},
         [f"{session}; {cookie}" for cookie in cookies],
@@ -299,15 +302,19 @@ def alternate(measure, baseline, seconds: int, rounds: int, after_measure=None):
 
 
 def run(
-    kind: str, seconds: int, rounds: int, mixed_requests: int = MIXED_REQUESTS
+    kind: str,
+    seconds: int,
+    rounds: int,
+    mixed_requests: int = MIXED_REQUESTS,
+    measures: tuple[str, ...] = MEASURES,
+    settings: dict | None = None,
 ) -> dict:
+    """The measures asked for on a fresh database of `kind`; `settings` are
+    environment variables for the site's servers (never the baselines')."""
     url, cleanup = scratch_database(kind)
-    results = {"database": kind}
+    results = {"database": kind, "rounds": {}}
     try:
         procedures = prepare(url)
-        cookie = "antidote_visitor=" + URLSafeSerializer(
-            SECRET, salt="visitor-id"
-        ).dumps(VISITOR)
         env = {
             "DATABASE_URL": url,
             "SECRET_KEY": SECRET,
@@ -316,74 +323,125 @@ def run(
             # The visitor sees personal lists (not the A/B holdout's popular ones).
             "EXPERIMENT_CONTROL_SHARE": "0",
         }
-        personalized = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": "true"})
-        plain = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": "false"})
-        try:
-            # Like a browser, wrk sends back the session cookie of the
-            # visitor's first page (which holds their arm of the holdout).
-            pages = {
-                server: [f"Cookie: {browser_cookies(server.base, cookie)}"]
-                for server in (personalized, plain)
-            }
-            page, base, pages_runs, plain_runs, _ = alternate(
-                lambda s: wrk(personalized.base + "/", s, headers=pages[personalized]),
-                lambda s: wrk(plain.base + "/", s, headers=pages[plain]),
-                seconds,
-                rounds,
+        site = {**env, **(settings or {})}
+        if "pages" in measures:
+            results.update(compare_pages(env, site, seconds, rounds))
+        if "tracking" in measures:
+            results.update(
+                compare_tracking(url, env, site, procedures, seconds, rounds)
             )
-            results.update(personalized=page, plain=base)
-            results["rounds"] = {
-                "personalized": [run["rps"] for run in pages_runs],
-                "plain": [run["rps"] for run in plain_runs],
-            }
-        finally:
-            personalized.stop()
-            plain.stop()
-
-        server = Server(gunicorn(), env)
-        bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
-        try:
-            script = tracking_script(server.base, procedures)
-            bare_script = post_script(
-                "/ingest",
-                json.dumps(click_batch(procedures)),
-                {"Content-Type": "application/json"},
-            )
-            tracked, ceiling, tracking_runs, bare_runs, backlogs = alternate(
-                lambda s: wrk(
-                    server.base + "/personalization/track-interaction", s, script
-                ),
-                lambda s: wrk(bare.base + "/ingest", s, bare_script),
-                seconds,
-                rounds,
-                after_measure=lambda: catch_up(url),
-            )
-            results.update(tracking=tracked, bare=ceiling)
-            results["rounds"].update(
-                tracking=[run["rps"] for run in tracking_runs],
-                bare=[run["rps"] for run in bare_runs],
-            )
-            if all(backlogs):
-                results["backlog"] = max(backlogs, key=lambda b: b["seconds"])
-        finally:
-            bare.stop()
-        try:
-            # Mixed pages until at least `mixed_requests`, then the workers' peak RSS.
-            script = mixed_script(procedures)
-            runs = [wrk(server.base, seconds, script)]
-            while sum(run["requests"] for run in runs) < mixed_requests:
-                runs.append(wrk(server.base, seconds, script))
-            results["mixed"] = {
-                "requests": sum(run["requests"] for run in runs),
-                "errors": sum(run["errors"] for run in runs),
-            }
-            results["peak_rss_mb"] = server.worker_peak_rss_mb()
-        finally:
-            server.stop()
+        if "memory" in measures:
+            results.update(mixed_memory(site, procedures, seconds, mixed_requests))
         print(json.dumps(results), flush=True)
         return results
     finally:
         cleanup()
+
+
+def compare_pages(env: dict, site: dict, seconds: int, rounds: int) -> dict:
+    """The visitor's home page, personalized, against the same page with
+    PERSONALIZATION_ENABLED=false."""
+    cookie = "antidote_visitor=" + URLSafeSerializer(SECRET, salt="visitor-id").dumps(
+        VISITOR
+    )
+    personalized = Server(gunicorn(), {**site, "PERSONALIZATION_ENABLED": "true"})
+    plain = Server(gunicorn(), {**env, "PERSONALIZATION_ENABLED": "false"})
+    try:
+        # Like a browser, wrk sends back the session cookie of the visitor's
+        # first page (which holds their arm of the holdout).
+        pages = {
+            server: [f"Cookie: {browser_cookies(server.base, cookie)}"]
+            for server in (personalized, plain)
+        }
+        page, base, pages_runs, plain_runs, _ = alternate(
+            lambda s: wrk(personalized.base + "/", s, headers=pages[personalized]),
+            lambda s: wrk(plain.base + "/", s, headers=pages[plain]),
+            seconds,
+            rounds,
+        )
+    finally:
+        personalized.stop()
+        plain.stop()
+    return {
+        "personalized": page,
+        "plain": base,
+        "rounds": {
+            "personalized": [run["rps"] for run in pages_runs],
+            "plain": [run["rps"] for run in plain_runs],
+        },
+    }
+
+
+def compare_tracking(
+    url: str, env: dict, site: dict, procedures: list[int], seconds: int, rounds: int
+) -> dict:
+    """Tracking batches against the bare endpoint; the aggregator's backlog
+    after each round."""
+    server = Server(gunicorn(), site)
+    bare = Server(gunicorn("bench.bare_ingest_app:app"), env)
+    try:
+        script = tracking_script(server.base, procedures)
+        bare_script = post_script(
+            "/ingest",
+            json.dumps(click_batch(procedures)),
+            {"Content-Type": "application/json"},
+        )
+        tracked, ceiling, tracking_runs, bare_runs, backlogs = alternate(
+            lambda s: wrk(server.base + TRACK_PATH, s, script),
+            lambda s: wrk(bare.base + "/ingest", s, bare_script),
+            seconds,
+            rounds,
+            after_measure=lambda: catch_up(url),
+        )
+    finally:
+        bare.stop()
+        server.stop()
+    results = {
+        "tracking": tracked,
+        "bare": ceiling,
+        "rounds": {
+            "tracking": [run["rps"] for run in tracking_runs],
+            "bare": [run["rps"] for run in bare_runs],
+        },
+    }
+    if all(backlogs):
+        results["backlog"] = max(backlogs, key=lambda b: b["seconds"])
+    return results
+
+
+def mixed_memory(
+    site: dict, procedures: list[int], seconds: int, mixed_requests: int
+) -> dict:
+    """Mixed pages until at least `mixed_requests`, then the workers' peak RSS."""
+    server = Server(gunicorn(), site)
+    try:
+        script = mixed_script(procedures)
+        runs = [wrk(server.base, seconds, script)]
+        while sum(run["requests"] for run in runs) < mixed_requests:
+            runs.append(wrk(server.base, seconds, script))
+        return {
+            "mixed": {
+                "requests": sum(run["requests"] for run in runs),
+                "errors": sum(run["errors"] for run in runs),
+            },
+            "peak_rss_mb": server.worker_peak_rss_mb(),
+        }
+    finally:
+        server.stop()
+
+
+def ratios(results: dict) -> str:
+    """One line per comparison that ran (for --measures runs)."""
+    lines = []
+    for measure, baseline in (("personalized", "plain"), ("tracking", "bare")):
+        if measure in results:
+            rounds = results["rounds"]
+            lines.append(
+                f"{results['database']} {measure} / {baseline}: "
+                f"{results[measure]['rps'] / results[baseline]['rps']:.2f} "
+                f"(req/s of each round: {rounds[measure]} / {rounds[baseline]})"
+            )
+    return "\n".join(lines)
 
 
 def markdown(results: list[dict], seconds: int, rounds: int) -> str:
@@ -458,14 +516,36 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--mixed-requests", type=int, default=MIXED_REQUESTS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument(
+        "--measures",
+        default=",".join(MEASURES),
+        help="some of pages,tracking,memory; only all three make the table",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the site's servers, e.g. AGGREGATION_INTERVAL_SECONDS=60",
+    )
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
+    measures = tuple(args.measures.split(","))
+    if set(measures) - set(MEASURES):
+        sys.exit(f"--measures takes some of {','.join(MEASURES)}")
+    settings = dict(item.split("=", 1) for item in args.set)
+    whole = set(measures) == set(MEASURES) and not settings
+    if args.write and not whole:
+        sys.exit("--write takes every measure and no --set (the site as shipped)")
     results = [
-        run(kind, args.seconds, args.rounds, args.mixed_requests)
+        run(kind, args.seconds, args.rounds, args.mixed_requests, measures, settings)
         for kind in args.databases.split(",")
     ]
+    if not whole:
+        print("\n".join(ratios(result) for result in results))
+        return
     table = markdown(results, args.seconds, args.rounds)
     print(table)
     if args.write:
