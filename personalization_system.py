@@ -103,21 +103,6 @@ class PersonalizationSystem(Maintenance):
             search_categories,
             clock,
         )
-        self.aggregation = Aggregation(
-            session,
-            settings,
-            self.profiles,
-            (self.affinity, self.popularity, self.covisitation),
-            self.ingest.category_shares,
-            clock,
-        )
-        # Fold what a request logs into the statistics before it answers: when
-        # no background aggregator runs (AGGREGATION_INTERVAL_SECONDS=0, tests,
-        # the offline evaluation). init_app turns it off when one does.
-        self.aggregate_inline = True
-        # Page views without an item and impressions, held until the background
-        # aggregator's next run when one runs (see page_buffer.py).
-        self.page_buffer = PageBuffer(settings.page_buffer_rows)
         self.retention = Retention(session, settings, self.affinity)
         self.consultations = Consultations(session, clock)
         self.impressions = Impressions(session, clock)
@@ -134,6 +119,22 @@ class PersonalizationSystem(Maintenance):
             self.experiment,
             self.outbox if forget_in_personalize else None,
         )
+        self.aggregation = Aggregation(
+            session,
+            settings,
+            self.profiles,
+            (self.affinity, self.popularity, self.covisitation),
+            self.ingest.category_shares,
+            self.privacy.erased_among,
+            clock,
+        )
+        # Fold what a request logs into the statistics before it answers: when
+        # no background aggregator runs (AGGREGATION_INTERVAL_SECONDS=0, tests,
+        # the offline evaluation). init_app turns it off when one does.
+        self.aggregate_inline = True
+        # Page views without an item and impressions, held until the background
+        # aggregator's next run when one runs (see page_buffer.py).
+        self.page_buffer = PageBuffer(settings.page_buffer_rows)
         self.clock = clock
 
     @contextmanager

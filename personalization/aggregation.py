@@ -55,6 +55,7 @@ class Aggregation:
         profiles: Profiles,
         statistics: tuple[Affinity, Popularity, CoVisitation],
         category_shares: Callable[[list[VisitorInteraction]], list[dict[int, float]]],
+        erased_among: Callable[[set[str]], set[str]],
         clock: Callable[[], datetime],
     ):
         self.session = session
@@ -63,6 +64,8 @@ class Aggregation:
         self.affinity, self.popularity, self.covisitation = statistics
         # For each interaction, the categories it counts for (Ingest's).
         self.category_shares = category_shares
+        # Which of some visitors were erased lately (Privacy's).
+        self.erased_among = erased_among
         self.clock = clock
 
     def lock(self) -> None:
@@ -80,7 +83,8 @@ class Aggregation:
 
     def drain_batch(self) -> int:
         """Aggregate the oldest inbox rows, at most AGGREGATION_BATCH of them, in
-        the caller's transaction; say how many."""
+        the caller's transaction; say how many it took from the inbox (those of
+        erased visitors are dropped, not aggregated)."""
         inbox = PendingInteraction.__table__
         if not self.session.scalar(select(exists().select_from(inbox))):
             return 0  # nothing waits: no lock (on SQLite, the write lock)
@@ -90,6 +94,10 @@ class Aggregation:
         ).all()
         if not rows:
             return 0
+        taken = len(rows)
+        rows = self.without_erased(inbox, rows)
+        if not rows:
+            return taken
         entries = [as_entry(row) for row in rows]
         # Each row counts as much as its age allows (weight x decay^days) as of
         # now; a row stamped later than the clock (a caller's own `now`) is
@@ -99,7 +107,16 @@ class Aggregation:
         self.fold_in(entries, max(self.clock(), newest))
         ids = [row.id for row in rows]
         self.move_to_log(inbox, ids)
-        return len(rows)
+        return taken
+
+    def without_erased(self, inbox, rows: list) -> list:
+        """Drop, from the inbox and the batch, rows of visitors erased since a
+        request began storing them (it committed after the erasure)."""
+        erased = self.erased_among({row.user_id for row in rows})
+        if not erased:
+            return rows
+        self.session.execute(delete(inbox).where(inbox.c.user_id.in_(sorted(erased))))
+        return [row for row in rows if row.user_id not in erased]
 
     def move_to_log(self, inbox, ids: list[int]) -> None:
         """Append inbox rows to the log, in arrival order, and drop them from

@@ -216,6 +216,21 @@ def test_an_erased_visitor_is_never_aggregated(catalog):
     assert count(catalog, UserCategoryAffinity) > 0  # the other visitor's
 
 
+def test_rows_stored_after_their_visitors_erasure_are_dropped(catalog):
+    """A request in flight during "forget me" commits its rows after it: the
+    aggregator drops them (erased_visitors) instead of counting them."""
+    system = deferred(catalog)
+    forgotten = f"{0:032x}"
+    with catalog.app_context():
+        system.forget_visitor(forgotten)
+        system.record(clicks(catalog, 2, 3))  # visitor 0's, and visitor 1's
+        assert system.aggregate() == 8  # 4 each, one a repeat
+    for model in (UserInteraction, UserCategoryAffinity, PendingInteraction):
+        assert count(catalog, model, model.user_id == forgotten) == 0
+    assert count(catalog, UserInteraction) == 4  # the other visitor's
+    assert count(catalog, UserCategoryAffinity) > 0
+
+
 def test_refresh_counts_waiting_rows_once(catalog):
     system = deferred(catalog)
     with catalog.app_context():
