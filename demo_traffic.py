@@ -279,8 +279,8 @@ class Simulation:
         """All of a visitor's sessions: the first in the window, returns later."""
         first_day = self.now - timedelta(days=self.days)
         start = self.session_start(first_day + timedelta(hours=2), self.days - 1)
-        if start is None:
-            return
+        if start is None:  # too close to now: they came a few hours earlier
+            start = self.now - timedelta(hours=2, minutes=self.rng.randint(1, 180))
         self.traffic.visitors.append(visitor.id)
         self.traffic.assignments.append(
             {

@@ -98,6 +98,18 @@ def test_the_simulation_repeats_for_a_seed(catalog):
     assert sum(gap > timedelta(days=14) for gap in came_back) >= 10
 
 
+@pytest.mark.parametrize("hour", [0, 1, 2, 12, 21, 22, 23])
+def test_every_visitor_asked_for_comes_whatever_the_hour(catalog, hour):
+    """A first visit drawn in the last two hours before now (left out: its
+    pages would end in the future) moves a few hours earlier instead of
+    dropping the visitor, so `seed-demo` simulates as many as it says."""
+    now = datetime(2026, 11, 30, hour, 30, tzinfo=UTC)
+    with catalog.app_context():
+        traffic = simulate(load_catalog(db.session), now, control_share=CONTROL_SHARE)
+    assert len(traffic.visitors) == DEFAULT_VISITORS
+    assert max(e.interaction.occurred_at for e in traffic.interactions) < now
+
+
 def test_seeded_traffic_is_what_the_site_would_have_recorded(seeded, app):
     assert f"Simulated demo traffic: {DEFAULT_VISITORS} visitors" in seeded
     with app.app_context():
