@@ -22,16 +22,6 @@ def wait_for_rows(site, sql, expected, seconds=10):
     return site.query(sql)
 
 
-def wait_for_count(site, sql, at_least, seconds=10) -> int:
-    """The count `sql` selects, once it reaches `at_least` (or the time is up):
-    views of pages without an item reach the database within
-    AGGREGATION_INTERVAL_SECONDS (page_buffer.py)."""
-    deadline = time.monotonic() + seconds
-    while (count := site.query(sql)[0][0]) < at_least and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return count
-
-
 def tracking_requests(page):
     sent = []
     page.on(

@@ -71,6 +71,10 @@ def start_live_site(tmp_path_factory, name: str, **settings: str):
     database = tmp_path_factory.mktemp(name) / "site.db"
     # Popularity is cached per worker; off, every page sees what the test wrote.
     settings.setdefault("POPULARITY_CACHE_SECONDS", "0")
+    # Each page stores its own view and lists before answering: held ones
+    # (page_buffer.py) could land after the next test emptied the tables.
+    # Holding under gunicorn is tested in tests/test_page_buffer.py.
+    settings.setdefault("PAGE_BUFFER_ROWS", "0")
     site = seeded_site(f"sqlite:///{database}", TRACKER_DEBOUNCE_MS="1000", **settings)
     return site, database
 
