@@ -56,13 +56,14 @@ class Maintenance:
         except SQLAlchemyError as error:
             log.warning("aggregation failed, rows wait: %s", error.__class__.__name__)
 
-    def aggregate(self) -> int:
-        """Fold every pending log row into affinities, popularity and
-        co-visitation, a batch per transaction; say how many rows."""
+    def aggregate(self, visitor_id: str | None = None) -> int:
+        """Fold every pending log row (or only one visitor's) into affinities,
+        popularity and co-visitation, a batch per transaction; say how many
+        rows."""
         folded = 0
         while True:
             with self.transaction():
-                batch = self.aggregation.drain_batch()
+                batch = self.aggregation.drain_batch(visitor_id)
             if not batch:
                 return folded
             folded += batch

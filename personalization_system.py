@@ -253,15 +253,15 @@ class PersonalizationSystem(Maintenance):
             return anonymous()
         state = self.profiles.state(visitor_id)
         if state.pending:
-            self.aggregate()  # their rows move into the log: a new state
+            self.aggregate(visitor_id)  # their rows move into the log: a new state
             state = self.profiles.state(visitor_id)
         return self.profiles.load(visitor_id, state)
 
     def catch_up(self, visitor_id: str) -> None:
-        """Aggregate first if the visitor's own interactions wait in the inbox,
-        so what is read of them is whole."""
+        """Aggregate the visitor's own interactions first if they wait in the
+        inbox, so what is read of them is whole."""
         if self.aggregation.pending_for(visitor_id):
-            self.aggregate()
+            self.aggregate(visitor_id)
 
     # Rankings
 

@@ -13,7 +13,7 @@ stored it died right after: the next drain finds it still there.
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import ARRAY, Integer, any_, cast, delete, exists, select
+from sqlalchemy import ARRAY, Integer, and_, any_, cast, delete, exists, select
 
 from models import (
     PendingInteraction,
@@ -81,16 +81,27 @@ class Aggregation:
             self.session.scalar(select(exists().where(pending.c.user_id == visitor_id)))
         )
 
-    def drain_batch(self) -> int:
+    def drain_batch(self, visitor_id: str | None = None) -> int:
         """Aggregate the oldest inbox rows, at most AGGREGATION_BATCH of them, in
         the caller's transaction; say how many it took from the inbox (those of
-        erased visitors are dropped, not aggregated)."""
+        erased visitors are dropped, not aggregated).
+
+        With `visitor_id`, only that visitor's: what their next page needs
+        (read your writes) costs their few rows, not everyone's. Every count a
+        row adds to depends on its own visitor's rows alone (their affinities,
+        first times, pairs), so draining one visitor ahead of the rest counts
+        the same.
+        """
         inbox = PendingInteraction.__table__
-        if not self.session.scalar(select(exists().select_from(inbox))):
+        theirs = [inbox.c.user_id == visitor_id] if visitor_id else []
+        if not self.session.scalar(select(exists().where(*theirs).select_from(inbox))):
             return 0  # nothing waits: no lock (on SQLite, the write lock)
         self.lock()
         rows = self.session.execute(
-            select(inbox).order_by(inbox.c.id).limit(self.settings.aggregation_batch)
+            select(inbox)
+            .where(*theirs)
+            .order_by(inbox.c.id)
+            .limit(self.settings.aggregation_batch)
         ).all()
         if not rows:
             return 0
@@ -106,7 +117,7 @@ class Aggregation:
         # First-time checks read the log: before the batch is in it.
         self.fold_in(entries, max(self.clock(), newest))
         ids = [row.id for row in rows]
-        self.move_to_log(inbox, ids)
+        self.move_to_log(inbox, and_(self.batch_rows(inbox, ids), *theirs))
         return taken
 
     def without_erased(self, inbox, rows: list) -> list:
@@ -118,12 +129,11 @@ class Aggregation:
         self.session.execute(delete(inbox).where(inbox.c.user_id.in_(sorted(erased))))
         return [row for row in rows if row.user_id not in erased]
 
-    def move_to_log(self, inbox, ids: list[int]) -> None:
-        """Append inbox rows to the log, in arrival order, and drop them from
-        the inbox: two set-based statements."""
+    def move_to_log(self, inbox, batch) -> None:
+        """Append the inbox rows `batch` selects to the log, in arrival order,
+        and drop them from the inbox: two set-based statements."""
         log = UserInteraction.__table__
         columns = [c.name for c in log.c if c.name != "id"]
-        batch = self.batch_rows(inbox, ids)
         self.session.execute(
             log.insert().from_select(
                 columns,
@@ -140,9 +150,10 @@ class Aggregation:
         and parse than the move itself.
 
         PostgreSQL: the ids as one array. SQLite: their range, which holds no
-        other row, since the batch is the oldest rows in id order, read under the
-        write lock this transaction holds (no row can arrive in between). On
-        PostgreSQL rows do commit out of id order, so the range would not do.
+        other row of the rows read (all, or one visitor's), since the batch is
+        the oldest of them in id order, read under the write lock this
+        transaction holds (no row can arrive in between). On PostgreSQL rows do
+        commit out of id order, so the range would not do.
         """
         if is_postgres(self.session):
             return inbox.c.id == any_(cast(ids, ARRAY(Integer)))

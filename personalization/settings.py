@@ -101,7 +101,7 @@ class Settings:
     # How often each server process folds logged interactions into affinities,
     # popularity and co-visitation (0: right after each request that logs them,
     # in that request: slower, but nothing ever waits).
-    aggregation_interval_seconds: float = tunable(0.5, 0.0, 60.0)
+    aggregation_interval_seconds: float = tunable(2.0, 0.0, 60.0)
     # Log rows folded in per transaction.
     aggregation_batch: int = tunable(5000, 1, 100_000)
     # Page views without an item, and the lists pages showed, that each server

@@ -242,18 +242,47 @@ def test_refresh_counts_waiting_rows_once(catalog):
     assert statistics(catalog)["popularity"] == rebuilt
 
 
+def test_one_visitor_aggregated_ahead_counts_the_same(database_url, catalog):
+    """A page aggregates its own visitor's waiting rows only (read your
+    writes); taking them out of arrival order, in batches of 2, changes no
+    statistic, and the other visitors' rows wait for the aggregator."""
+    from app import create_app
+    from helpers import app_config
+
+    entries = clicks(catalog, 4, 5)
+    inline = statistics_inline(catalog, entries)
+
+    batched = create_app(app_config(database_url, AGGREGATION_BATCH=2))
+    system = deferred(batched)
+    ahead = f"{2:032x}"
+    theirs = sum(entry.visitor_id == ahead for entry in entries)
+    with batched.app_context():
+        system.record(entries)
+        assert system.aggregate(ahead) == theirs
+        assert system.aggregate(ahead) == 0
+    assert count(batched, PendingInteraction) == len(entries) - theirs
+    assert count(batched, PendingInteraction, PendingInteraction.user_id == ahead) == 0
+    assert count(batched, UserInteraction) == theirs
+    with batched.app_context():
+        assert system.aggregate() == len(entries) - theirs
+    assert statistics(batched) == inline
+
+
 def test_own_click_shows_on_the_next_page_before_any_aggregation(catalog):
     """Read your writes: with the aggregator far off, the next page aggregates
-    the visitor's own waiting rows before it ranks."""
-    deferred(catalog)
+    the visitor's own waiting rows before it ranks, and only theirs."""
+    system = deferred(catalog)
+    others = clicks(catalog, 2, 3)
+    with catalog.app_context():
+        system.record(others)
     procedure_id, category_id = procedures(catalog)[-1]
     browser = Browser(catalog)
     assert browser.track(click(procedure_id)).status_code == 202
-    assert count(catalog, PendingInteraction) == 1
+    assert count(catalog, PendingInteraction) == len(others) + 1
     listed = browser.get("/personalization/recommendations/categories").get_json()
     assert listed["items"][0]["id"] == category_id
     assert listed["items"][0]["reason"] == "affinity"
-    assert count(catalog, PendingInteraction) == 0
+    assert count(catalog, PendingInteraction) == len(others)  # theirs wait
     with catalog.app_context():
         name = db.session.get(Procedure, procedure_id).name
     assert name in browser.get("/").get_data(as_text=True)
@@ -345,9 +374,7 @@ def test_accepted_events_survive_kill_9_and_are_aggregated_after(app, database_u
 
 
 def test_statistics_catch_up_within_the_stated_bound(app, database_url):
-    with seeded_site(
-        database_url, workers=2, AGGREGATION_INTERVAL_SECONDS="0.5"
-    ) as site:
+    with seeded_site(database_url, workers=2) as site:  # the default interval
         visitor = WebVisitor(site.url)
         ids = clicked_procedures(visitor)
         sent = time.monotonic()

@@ -155,9 +155,7 @@ def test_without_a_background_aggregator_each_page_stores_its_own(catalog):
 
 
 def test_a_server_stores_held_pages_soon(app, database_url):
-    with seeded_site(
-        database_url, workers=2, AGGREGATION_INTERVAL_SECONDS="0.5"
-    ) as site:
+    with seeded_site(database_url, workers=2) as site:  # the default interval
         visitor = WebVisitor(site.url)
         for _ in range(3):
             assert visitor.get("/").status_code == 200
