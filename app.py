@@ -44,7 +44,9 @@ def create_app(config: dict | None = None) -> Flask:
     )
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
-        engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
+        engine_options(
+            app.config["SQLALCHEMY_DATABASE_URI"], app.config["DATABASE_POOL_SIZE"]
+        ),
     )
     if app.config["AMPLITUDE_EXPOSE_VISITOR_ID"] is None:
         app.config["AMPLITUDE_EXPOSE_VISITOR_ID"] = bool(
@@ -120,14 +122,24 @@ def trust_proxies(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)
 
 
-def engine_options(database_url: str) -> dict:
-    """Pick connection-pool options that suit the database in use."""
+def engine_options(database_url: str, pool_size: int) -> dict:
+    """Pick connection-pool options that suit the database in use.
+
+    On PostgreSQL, `pool_size` connections stay open; up to 10 more open when
+    that many requests use the database at once, and close again when done. A
+    gevent worker serves many requests at once, each holding a connection while
+    it waits on the server: with SQLAlchemy's default of 5, tracking load opened
+    and closed a connection (a new server process) every few requests. (SQLite
+    calls never yield to another request: one connection at a time per worker.)
+    """
     url = make_url(database_url)
     # Pre-ping drops connections a database restart broke, so the site
     # recovers by itself after an outage.
     options = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql":
         options["connect_args"] = {"connect_timeout": 5}
+        options["pool_size"] = pool_size
+        options["max_overflow"] = 10
     return options
 
 

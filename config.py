@@ -100,6 +100,9 @@ def settings_from_environment(instance_path: str) -> dict:
         "SQLALCHEMY_DATABASE_URI": normalize_database_url(
             os.environ.get("DATABASE_URL") or default_database
         ),
+        "DATABASE_POOL_SIZE": env_number(
+            "DATABASE_POOL_SIZE", 10, int, minimum=1, maximum=1000
+        ),
         "SECRET_KEY": os.environ.get("SECRET_KEY")
         or load_or_create_secret_key(instance_path),
         "PERSONALIZATION_ENABLED": env_bool("PERSONALIZATION_ENABLED", True),

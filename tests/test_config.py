@@ -171,3 +171,24 @@ def test_every_tunable_is_documented():
         key = spec.name.upper()
         assert f"`{key}`" in readme, key
         assert f"# {key}=" in example, key
+
+
+def test_postgresql_pool_keeps_the_configured_connections_open(clean_env, tmp_path):
+    """A gevent worker's concurrent requests each hold a connection: the pool
+    keeps DATABASE_POOL_SIZE open instead of reconnecting above SQLAlchemy's 5."""
+    from app import create_app
+    from models import db
+
+    clean_env.delenv("DATABASE_POOL_SIZE", raising=False)
+    clean_env.setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/never-connected")
+    clean_env.setenv("SECRET_KEY", "test")
+    for size, expected in ((None, 10), ("25", 25)):
+        if size:
+            clean_env.setenv("DATABASE_POOL_SIZE", size)
+        app = create_app({"AGGREGATION_INTERVAL_SECONDS": 0})
+        with app.app_context():
+            assert db.engine.pool.size() == expected
+            assert db.engine.pool._max_overflow == 10
+    clean_env.setenv("DATABASE_POOL_SIZE", "0")
+    with pytest.raises(ConfigError, match="DATABASE_POOL_SIZE"):
+        settings_from_environment(str(tmp_path))
