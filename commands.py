@@ -151,6 +151,7 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
             + (f" (already deleted: {done})" if done and not dry_run else "")
         ) from error
     verb = "Would delete" if dry_run else "Deleted"
+    late = sum(n for label, n in summary.items() if label.endswith("an erasure"))
     click.echo(
         f"{verb} {summary['interactions']} interactions older than {days} days, "
         f"{summary['affinities']} affinities faded below "
@@ -160,7 +161,8 @@ def cleanup_command(days: int | None, dry_run: bool, batch_size: int) -> None:
         f"{summary['impressions']} recommendation lists shown, "
         f"{summary['city choices']} city choices as old and "
         f"{summary['consultation requests']} consultation requests older than "
-        f"{system.settings.consultation_retention_days} days "
+        f"{system.settings.consultation_retention_days} days, "
+        f"and {late} rows stored after their visitor's erasure "
         f"in {time.monotonic() - started:.2f}s."
     )
 

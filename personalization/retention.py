@@ -127,6 +127,7 @@ class Retention:
                 .where(VisitorPreference.updated_at < cutoff)
                 .order_by(VisitorPreference.user_id),
             ),
+            *self.late_writes_of_the_erased(),
             # Needed only while writes of the visitor may still arrive.
             RetentionTask(
                 "erasure notes",
@@ -148,6 +149,45 @@ class Retention:
                 )
                 .order_by(ConsultationRequest.id),
             ),
+        ]
+
+    def late_writes_of_the_erased(self) -> list[RetentionTask]:
+        """Rows of visitors noted in erased_visitors: a request in flight when
+        its visitor chose "forget me" can commit after the erasure. The
+        aggregator and the page store drop what they hold of such visitors; a
+        bare page view, a city choice or an experiment assignment goes straight
+        in, so it goes here, before the note that names it is deleted (the
+        tasks run in order). The ids are random and rotated by the erasure, so
+        no one else's rows carry them; a cookieless visitor's fingerprint does
+        stay the same, and their rows of the note's day go too, as the
+        aggregator already drops theirs."""
+        erased = select(ErasedVisitor.user_id)
+        outbox = PersonalizeOutbox.__table__
+        return [
+            RetentionTask(
+                f"{label} stored after an erasure",
+                model,
+                select(key).where(model.user_id.in_(erased), *also).order_by(key),
+            )
+            for label, model, key, *also in (
+                ("interactions", UserInteraction, UserInteraction.id),
+                ("interactions waiting", PendingInteraction, PendingInteraction.id),
+                ("affinities", UserCategoryAffinity, UserCategoryAffinity.id),
+                # Not the erasure's own request that Personalize delete them.
+                (
+                    "Personalize events",
+                    PersonalizeOutbox,
+                    outbox.c.id,
+                    outbox.c.event_type != DELETE_USER,
+                ),
+                ("lists shown", RecommendationImpression, RecommendationImpression.id),
+                ("city choices", VisitorPreference, VisitorPreference.user_id),
+                (
+                    "experiment assignments",
+                    ExperimentAssignment,
+                    ExperimentAssignment.user_id,
+                ),
+            )
         ]
 
     def count(self, task: RetentionTask) -> int:

@@ -308,3 +308,73 @@ def test_a_forget_me_not_yet_sent_to_personalize_outlives_the_period(catalog, ru
     with catalog.app_context():
         left = db.session.scalars(select(PersonalizeOutbox.sent_at)).all()
     assert left == [None]  # the delivered one went; the pending one waits
+
+
+def test_what_a_request_stored_after_its_visitors_erasure_goes(catalog, runner):
+    """A request in flight during "forget me" commits after it: a bare page
+    view, a city choice, an arm of the experiment, a list shown (inline, with
+    no aggregator to drop it). The cleanup deletes what carries an erased id,
+    before the note naming it, and nothing of anyone else."""
+    from models import (
+        ErasedVisitor,
+        ExperimentAssignment,
+        PersonalizeOutbox,
+        RecommendationImpression,
+        VisitorPreference,
+    )
+    from personalization.events import Interaction
+    from personalization.outbox import DELETE_USER
+
+    system = catalog.extensions["personalization"]
+    forgotten, other = "f" * 32, "a" * 32
+    tables = (
+        UserInteraction,
+        VisitorPreference,
+        ExperimentAssignment,
+        RecommendationImpression,
+    )
+    with catalog.app_context():
+        system.forget_visitor(forgotten)
+        for visitor in (forgotten, other):  # the request in flight, and another
+            system.record_interactions(visitor, "s", [Interaction("view", None)])
+            system.choose_city(visitor, "Miami")
+            system.experiment_arm(visitor)
+            home = system.home_sections(visitor, {"procedure": 3})
+            system.record_page(
+                visitor,
+                "s",
+                None,
+                ("r" * 32, {"home:procedure": home.by_kind["procedure"]}, None),
+            )
+        # An event queued for Personalize goes; the erasure's own request that
+        # Personalize delete the visitor stays.
+        for event_type, item in (("view", "procedure:1"), (DELETE_USER, "")):
+            db.session.add(
+                PersonalizeOutbox(
+                    user_id=forgotten,
+                    session_id="s",
+                    event_type=event_type,
+                    item_id=item,
+                    event_value=0.0,
+                    occurred_at=utcnow(),
+                )
+            )
+        db.session.commit()
+        for model in tables:
+            assert db.session.scalar(
+                select(func.count()).where(model.user_id == forgotten)
+            ), model
+
+    result = runner.invoke(args=["personalization", "cleanup"])
+    assert result.exit_code == 0, result.output
+    assert "and 5 rows stored after their visitor's erasure" in result.output
+    with catalog.app_context():
+        for model in tables:
+            ids = set(db.session.scalars(select(model.user_id)))
+            assert forgotten not in ids, model
+            assert other in ids, model
+        assert db.session.scalars(select(PersonalizeOutbox.event_type)).all() == [
+            DELETE_USER
+        ]
+        # The note is a day old at the earliest: kept, to catch later arrivals.
+        assert db.session.scalars(select(ErasedVisitor.user_id)).all() == [forgotten]
