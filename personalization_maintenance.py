@@ -86,19 +86,24 @@ class Maintenance:
         session_id: str,
         view: Interaction | None,
         impressions: tuple[str, dict[str, Ranking | None], str | None] | None,
-    ) -> Interaction | None:
+    ) -> tuple[Interaction | None, tuple | None]:
         """Hold what no ranking reads of a page, as of now: a view without an
-        item, and the lists shown. Return the view rankings do read (an item's),
-        which the caller stores; store everything held when the buffer is full."""
+        item, and the lists shown, unless events stream to Personalize (the
+        event of a click on a card takes the card's list from the database at
+        once: Outbox.queue). Return what the caller stores now: the view of an
+        item, and those lists. Store everything held when the buffer is full."""
         held_views = []
         if view and not has_effect(view):
             held = replace(view, occurred_at=view.occurred_at or self.clock())
             held_views.append(VisitorInteraction(visitor_id, session_id, held))
             view = None
-        shown = self.impressions.rows(visitor_id, *impressions) if impressions else []
+        shown = []
+        if impressions and not self.ingest.outbox:
+            shown = self.impressions.rows(visitor_id, *impressions)
+            impressions = None
         if self.page_buffer.add(held_views, shown):
             self.store_held_pages()
-        return view
+        return view, impressions
 
     def store_held_pages(self) -> int:
         """Store the page views and impressions this process holds (see

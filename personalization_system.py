@@ -214,9 +214,10 @@ class PersonalizationSystem(Maintenance):
         fifth of this write's time, for objects nothing reads again).
         """
         if self.holds_pages:
-            view = self.hold_page(visitor_id, session_id, view, impressions)
-            impressions = None
-            if not view:
+            view, impressions = self.hold_page(
+                visitor_id, session_id, view, impressions
+            )
+            if not view and not impressions:
                 return
         self.session.expunge_all()
         with self.transaction():

@@ -103,6 +103,35 @@ def test_what_is_held_of_a_visitor_erased_meanwhile_is_dropped(catalog):
     assert count(catalog, ErasedVisitor, ErasedVisitor.user_id == gone) == 1
 
 
+def test_with_events_streamed_to_personalize_lists_are_stored_at_once(
+    database_url, catalog
+):
+    """A click on a card is streamed with the list the card was in, read from
+    the database as the click is recorded: a list held in a server process
+    would be missing. So with streaming on, a page holds only its bare view."""
+    import json
+
+    from test_impressions import cards
+
+    from helpers import personalize_app
+    from models import PersonalizeOutbox
+
+    app = personalize_app(database_url)
+    holding(app)
+    browser = Browser(app)
+    html = browser.get("/").get_data(as_text=True)
+    assert count(app, RecommendationImpression) > 0
+    assert count(app, UserInteraction, PAGE_VIEWS) == 0  # the view waits
+    kind, item, list_id, position = cards(html, "procedures")[1]
+    card = {"list_id": list_id, "position": position}
+    click = {"interaction_type": "click", "target_type": kind, "target_id": item}
+    assert browser.track({**click, "metadata": card}).status_code == 202
+    with app.app_context():
+        streamed = db.session.scalars(select(PersonalizeOutbox.impression)).one()
+    shown = [f"{kind}:{other}" for kind, other, _, _ in cards(html, "procedures")]
+    assert json.loads(streamed) == shown
+
+
 def test_a_full_buffer_is_stored_by_the_page_that_fills_it(catalog):
     system = holding(catalog)
     system.page_buffer.limit = 2  # a home page holds its view and its lists
