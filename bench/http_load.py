@@ -325,17 +325,25 @@ def run(
         }
         site = {**env, **(settings or {})}
         if "pages" in measures:
-            results.update(compare_pages(env, site, seconds, rounds))
+            add_results(results, compare_pages(env, site, seconds, rounds))
         if "tracking" in measures:
-            results.update(
-                compare_tracking(url, env, site, procedures, seconds, rounds)
+            add_results(
+                results, compare_tracking(url, env, site, procedures, seconds, rounds)
             )
         if "memory" in measures:
-            results.update(mixed_memory(site, procedures, seconds, mixed_requests))
+            add_results(
+                results, mixed_memory(site, procedures, seconds, mixed_requests)
+            )
         print(json.dumps(results), flush=True)
         return results
     finally:
         cleanup()
+
+
+def add_results(results: dict, found: dict) -> None:
+    """Add one comparison's results, and its rounds to those of the others."""
+    results["rounds"].update(found.pop("rounds", {}))
+    results.update(found)
 
 
 def compare_pages(env: dict, site: dict, seconds: int, rounds: int) -> dict:
