@@ -157,10 +157,8 @@ class Retention:
         aggregator and the page store drop what they hold of such visitors; a
         bare page view, a city choice or an experiment assignment goes straight
         in, so it goes here, before the note that names it is deleted (the
-        tasks run in order). The ids are random and rotated by the erasure, so
-        no one else's rows carry them; a cookieless visitor's fingerprint does
-        stay the same, and their rows of the note's day go too, as the
-        aggregator already drops theirs."""
+        tasks run in order). Visitor ids are random and the erasure gives the
+        browser a new one, so no one else's rows carry an erased id."""
         erased = select(ErasedVisitor.user_id)
         outbox = PersonalizeOutbox.__table__
         return [

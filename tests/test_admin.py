@@ -299,10 +299,17 @@ def test_the_facade_knows_every_page(admin_app):
 
 
 NOW = datetime.now(UTC)
+# Times count back from the last noon, so that what happened "about a day ago"
+# (0.95 to 1.2 days) falls on one calendar day whatever the hour the suite runs:
+# returning visitors are counted by day. (From NOW, after midnight, Alice's and
+# Bob's visits spread over two days and made them returning.)
+LAST_NOON = NOW.replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(
+    days=int(NOW.hour < 12)
+)
 
 
 def at(days_ago: float) -> datetime:
-    return NOW - timedelta(days=days_ago)
+    return LAST_NOON - timedelta(days=days_ago)
 
 
 def click(user, list_id, position, when, session="s1"):
@@ -598,7 +605,7 @@ def test_journey_figures(traffic):
 def test_cohort_figures(traffic):
     data = page_data(traffic, "cohorts")
     cohorts = {c["week_of"]: c for c in data["cohorts"]}
-    first = (NOW - timedelta(days=20)).date()
+    first = at(20).date()
     carol = cohorts[(first - timedelta(days=first.weekday())).isoformat()]
     # Carol: back 8 days after her first visit: week 1.
     assert carol["visitors"] >= 1
