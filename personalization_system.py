@@ -260,9 +260,8 @@ class PersonalizationSystem(Maintenance):
 
     def catch_up(self, visitor_id: str) -> None:
         """Aggregate the visitor's own interactions first if they wait in the
-        inbox, so what is read of them is whole."""
-        if self.aggregation.pending_for(visitor_id):
-            self.aggregate(visitor_id)
+        inbox, so what is read of them is whole (one lookup when none wait)."""
+        self.aggregate(visitor_id)
 
     # Rankings
 

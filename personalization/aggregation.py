@@ -73,14 +73,6 @@ class Aggregation:
         this transaction ends."""
         lock_for_writing(self.session, [LOCK])
 
-    def pending_for(self, visitor_id: str) -> bool:
-        """Whether the visitor has rows in the inbox (their own click not yet in
-        their history or category affinities). One lookup in a small index."""
-        pending = PendingInteraction.__table__
-        return bool(
-            self.session.scalar(select(exists().where(pending.c.user_id == visitor_id)))
-        )
-
     def drain_batch(self, visitor_id: str | None = None) -> int:
         """Aggregate the oldest inbox rows, at most AGGREGATION_BATCH of them, in
         the caller's transaction; say how many it took from the inbox (those of
