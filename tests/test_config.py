@@ -1,8 +1,11 @@
 """Configuration from the environment: defaults, parsing, the generated secret key."""
 
 import stat
+import time
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from config import (
     ConfigError,
@@ -192,3 +195,52 @@ def test_postgresql_pool_keeps_the_configured_connections_open(clean_env, tmp_pa
     clean_env.setenv("DATABASE_POOL_SIZE", "0")
     with pytest.raises(ConfigError, match="DATABASE_POOL_SIZE"):
         settings_from_environment(str(tmp_path))
+
+
+@pytest.mark.postgres
+def test_an_idle_connection_the_server_closed_is_replaced_unseen(postgresql_url):
+    """A pooled connection is pinged before use only after sitting idle: one the
+    server closed meanwhile (a restart, an idle timeout) is replaced and the
+    query succeeds; one in steady use costs no extra round trip."""
+    from app import ping_idle_connections
+
+    engine = create_engine(postgresql_url, pool_size=1, max_overflow=0)
+    ping_idle_connections(engine, idle_seconds=0.3)
+    pings = []
+    real_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda connection: pings.append(1) or real_ping(connection)
+    backend_pid = text("SELECT pg_backend_pid()")
+    try:
+        with engine.connect() as connection:
+            first = connection.scalar(backend_pid)
+        for _ in range(5):  # in steady use: the same connection, never pinged
+            with engine.connect() as connection:
+                assert connection.scalar(backend_pid) == first
+        assert pings == []
+
+        with create_engine(postgresql_url, poolclass=NullPool).connect() as admin:
+            admin.execute(text(f"SELECT pg_terminate_backend({first})"))
+        time.sleep(0.4)
+        with engine.connect() as connection:
+            replaced = connection.scalar(backend_pid)
+        assert replaced != first
+        assert pings == [1]
+    finally:
+        engine.dispose()
+
+
+def test_create_app_pings_idle_postgresql_connections_only(clean_env):
+    """PostgreSQL pools get the idle check instead of a ping per checkout; SQLite
+    has no server to lose."""
+    from app import create_app
+    from models import db
+
+    clean_env.setenv("SECRET_KEY", "test")
+    for url, pinged_when_idle in (
+        ("postgresql://u@127.0.0.1:1/never-connected", True),
+        ("sqlite://", False),
+    ):
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+        with app.app_context():
+            assert bool(db.engine.pool.dispatch.checkout) is pinged_when_idle
+            assert not db.engine.pool._pre_ping
