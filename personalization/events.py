@@ -254,9 +254,14 @@ def is_storable_text(text: str) -> bool:
     return True
 
 
+# Built once: json.dumps with options builds an encoder per call (a webhook
+# encodes a thousand rows' metadata per request).
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_metadata(metadata: dict) -> str:
     """Serialize metadata compactly, as it is stored in extra_data."""
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    return COMPACT_JSON.encode(metadata)
 
 
 def decode_metadata(extra_data: str | None) -> dict | None:
