@@ -6,6 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 # Empty: one gevent worker per core (gunicorn.conf.py).
 WORKERS ?=
+# Test processes for the parallel part of `make test`: auto is one per core.
+TEST_WORKERS ?= auto
 FLASK := $(BIN)/flask --app app
 
 .PHONY: run serve test bench lint format install install-dev migrate seed clean
@@ -41,11 +43,14 @@ run: seed
 serve: migrate
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) $(if $(WORKERS),--workers $(WORKERS)) app:app
 
-## test: lint and the whole suite (SQLite always; PostgreSQL when reachable)
+## test: lint and the whole suite (SQLite always; PostgreSQL when reachable): most
+## tests spread over TEST_WORKERS processes (one per core), then those marked
+## `serial` (they time pages or load the machine) alone
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not serial"
+	$(BIN)/pytest -m serial
 
 ## bench: benchmarks on SQLite and PostgreSQL; results written into BENCHMARKS.md
 bench: install-dev

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from helpers import Browser, WebVisitor, seeded_site
@@ -335,6 +336,7 @@ def kill_minus_9(site) -> None:
     site.process.wait(timeout=10)
 
 
+@pytest.mark.serial
 def test_accepted_events_survive_kill_9_and_are_aggregated_after(app, database_url):
     """Every 202 is durable: the server dies by SIGKILL right after answering,
     before any aggregation ran; every accepted event is in the inbox, and the
@@ -373,6 +375,7 @@ def test_accepted_events_survive_kill_9_and_are_aggregated_after(app, database_u
         )
 
 
+@pytest.mark.serial
 def test_statistics_catch_up_within_the_stated_bound(app, database_url):
     with seeded_site(database_url, workers=2) as site:  # the default interval
         visitor = WebVisitor(site.url)

@@ -25,6 +25,9 @@ from helpers import (
     unused_port,
 )
 
+# Pages timed against their budget while servers and databases fail: alone.
+pytestmark = pytest.mark.serial
+
 
 def click(procedure_id: int) -> dict:
     return {

@@ -26,6 +26,9 @@ from helpers import (
     seeded_site,
 )
 
+# A minute of load per database: alone, or it slows every other test's server.
+pytestmark = pytest.mark.serial
+
 SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", "60"))
 VISITORS = 10
 WORKERS = 4

@@ -183,6 +183,7 @@ def test_without_a_background_aggregator_each_page_stores_its_own(catalog):
 # The real site under gunicorn
 
 
+@pytest.mark.serial
 def test_a_server_stores_held_pages_soon(app, database_url):
     with seeded_site(database_url, workers=2) as site:  # the default interval
         visitor = WebVisitor(site.url)
@@ -196,6 +197,7 @@ def test_a_server_stores_held_pages_soon(app, database_url):
         assert "Traceback" not in site.output()
 
 
+@pytest.mark.serial
 def test_a_stopping_server_stores_what_it_holds(app, database_url):
     """A restart or a deploy (SIGTERM) loses no page views: the aggregator is
     a minute off, so only the workers' exit stores them."""

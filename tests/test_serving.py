@@ -12,6 +12,9 @@ import pytest
 
 from helpers import fetch, flask_cli, gunicorn_command, running_server
 
+# Live servers under slow clients and load: alone.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def serve(request):
