@@ -89,8 +89,8 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Move what the worker holds once the app is loaded (modules, the app,
-    compiled statements, the catalog) into the garbage collector's permanent
-    generation: its full collections then walk only what requests made since.
+    the statements built at import) into the garbage collector's permanent
+    generation: its full collections then walk only what was made since.
     Without this, each full collection walked every object of the app and
     stalled all of the worker's requests meanwhile."""
     gc.freeze()
