@@ -7,6 +7,7 @@ import re
 import pytest
 
 from app import create_app
+from extensions import limiter
 from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Doctor, Procedure
 from personalization.identity import Identity
@@ -476,7 +477,19 @@ def test_workers_share_one_count_in_redis(database_url, catalog, monkeypatch):
     assert statuses([first, second, first]) == [202, 202, 429]
 
 
-def test_tracking_keeps_working_when_redis_is_down(database_url, catalog, caplog):
+@pytest.fixture
+def storage_comes_back():
+    """Flask-Limiter's limiter is one object for every app a test process
+    creates (a server process has one app): once this test has killed its
+    storage, the next app must not start with it marked dead, counting in the
+    fallback until a backend check flips it back midway."""
+    yield
+    limiter._storage_dead = False  # Flask-Limiter's own flag; it has no reset
+
+
+def test_tracking_keeps_working_when_redis_is_down(
+    database_url, catalog, caplog, storage_comes_back
+):
     app = create_app(
         app_config(
             database_url,
