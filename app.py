@@ -1,11 +1,13 @@
 """Application factory: configuration, extensions, blueprints, commands, errors."""
 
 import logging
+import math
 import sys
 import time
 
 from flask import Flask, abort, render_template, request
 from flask.sessions import SecureCookieSessionInterface
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -222,10 +224,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        headers = retry_after(error)
         if wants_json():
-            return {"error": error.description}, error.code
+            return {"error": error.description}, error.code, headers
         template = "errors/404.html" if error.code == 404 else "errors/error.html"
-        return render_template(template, error=error), error.code
+        return render_template(template, error=error), error.code, headers
 
     # Registered by type, so Flask does not log an outage as a crash: a database
     # that is down is weather, not a bug. 503 and one log line, no traceback.
@@ -247,6 +250,22 @@ def register_error_handlers(app: Flask) -> None:
         if wants_json():
             return {"error": "internal server error"}, 500
         return render_template("errors/500.html"), 500
+
+
+def retry_after(error: HTTPException) -> dict[str, str]:
+    """Retry-After for a request a rate limit refused (none for other errors):
+    the seconds until the breached limit's window starts afresh (one storage
+    read, on refusals only). If the storage cannot say, the whole window."""
+    if not isinstance(error, RateLimitExceeded):
+        return {}
+    seconds = error.limit.limit.get_expiry()
+    breached = limiter.current_limit
+    if breached is not None:
+        try:
+            seconds = breached.window.reset_time - time.time()
+        except Exception as failure:  # the storage failed since the check
+            log.warning("rate limit window unknown: %s", failure.__class__.__name__)
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def register_template_helpers(app: Flask) -> None:

@@ -170,7 +170,10 @@ def rate_limit_settings() -> dict:
         else {},
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,
-        "RATELIMIT_HEADERS_ENABLED": True,
+        # No X-RateLimit-* headers: writing them read each limit's window from
+        # the storage again on every limited request (a second Redis round trip
+        # per limit). A refusal still says when to retry (app.py, Retry-After).
+        "RATELIMIT_HEADERS_ENABLED": False,
         "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
         # Consultation requests: people ask a few clinics, spammers thousands.
         "CONSULTATION_RATE_LIMIT": os.environ.get(

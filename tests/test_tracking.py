@@ -383,13 +383,36 @@ def test_tracking_is_rate_limited_per_visitor(database_url, catalog):
     visitor = Browser(app)
     event = {"interaction_type": "view", "target_type": "page"}
     for _ in range(3):
-        assert visitor.track(event).status_code == 202
+        accepted = visitor.track(event)
+        assert accepted.status_code == 202
+        # No X-RateLimit-* headers: each would cost a storage read per request.
+        assert not [h for h in accepted.headers if h[0].startswith("X-RateLimit")]
     refused = visitor.track(event)
     assert refused.status_code == 429
-    assert int(refused.headers["Retry-After"]) > 0
+    # When the minute's window starts afresh.
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
     assert "error" in refused.get_json()
     # Another visitor is not affected.
     assert Browser(app, address="198.51.100.200").track(event).status_code == 202
+
+
+def test_a_refusal_says_to_wait_the_whole_window_when_the_storage_fails(
+    database_url, catalog, monkeypatch
+):
+    """If the storage cannot say when the window ends (it failed after the
+    check), Retry-After is the whole window, and the answer is still a 429."""
+    from flask_limiter import RequestLimit
+
+    def unreachable(self):
+        raise ConnectionError("storage gone")
+
+    app = create_app(app_config(database_url, TRACKING_RATE_LIMIT="1 per hour"))
+    visitor = Browser(app)
+    assert statuses([visitor]) == [202]
+    monkeypatch.setattr(RequestLimit, "window", property(unreachable))
+    refused = visitor.track(PAGE_VIEW)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "3600"
 
 
 PAGE_VIEW = {"interaction_type": "view", "target_type": "page"}
