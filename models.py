@@ -330,7 +330,9 @@ class UserInteraction(db.Model):
     __tablename__ = "user_interactions"
     # A visitor's recent history is read on every personalized page: keep it an
     # index range scan however long the log grows. Its own index leaves page
-    # views out, so a visitor's many page views never slow it down.
+    # views out, so a visitor's many page views never slow it down. Lookups by
+    # visitor alone (erasure, download) use (user_id, timestamp): no index on
+    # user_id by itself, which every logged row would pay to keep up.
     __table_args__ = (
         Index("ix_user_interactions_user_id_timestamp", "user_id", "timestamp"),
         Index(
@@ -343,7 +345,7 @@ class UserInteraction(db.Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(32), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
     session_id: Mapped[str] = mapped_column(String(64))
     interaction_type: Mapped[str] = mapped_column(String(50), index=True)
     target_type: Mapped[str | None] = mapped_column(String(50))
