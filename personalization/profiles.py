@@ -10,7 +10,12 @@ from datetime import datetime, timedelta
 from cachetools import TTLCache
 from sqlalchemy import DateTime, Integer, bindparam, exists, func, select, union_all
 
-from models import PendingInteraction, UserInteraction, VisitorPreference
+from models import (
+    PendingInteraction,
+    UserCategoryAffinity,
+    UserInteraction,
+    VisitorPreference,
+)
 from personalization.events import ITEM_KINDS, ItemKey
 from personalization.preferences import Preferences
 from personalization.settings import Settings
@@ -79,10 +84,12 @@ class VisitorProfile:
 class ProfileState:
     """What a visitor's profile follows: the newest of the logged item
     interactions their history reads (any new click, view or "not interested"
-    changes it; an erasure clears it), whether some of their interactions are
-    still to be aggregated, and the city they chose."""
+    changes it; an erasure clears it), when their category affinities last
+    changed (a search changes them, naming no item), whether some of their
+    interactions are still to be aggregated, and the city they chose."""
 
     latest: int | None
+    affinities_changed: datetime | None
     pending: bool
     city: str | None
 
@@ -108,13 +115,19 @@ def state_statement():
         .subquery()
     )
     latest = select(func.max(recent_items.c.id)).scalar_subquery()
+    # A visitor has a row per category they showed interest in: a few.
+    affinities_changed = (
+        select(func.max(UserCategoryAffinity.last_updated))
+        .where(UserCategoryAffinity.user_id == visitor)
+        .scalar_subquery()
+    )
     pending = exists().where(PendingInteraction.user_id == visitor)
     city = (
         select(VisitorPreference.city)
         .where(VisitorPreference.user_id == visitor)
         .scalar_subquery()
     )
-    return select(latest, pending, city)
+    return select(latest, affinities_changed, pending, city)
 
 
 STATE = state_statement()
@@ -143,7 +156,7 @@ class Profiles:
         self.clock = clock
         # Built once per kind and batch size (a power of two): see _per_visitor.
         self._statements: dict[tuple[str, int], object] = {}
-        # Profiles by (visitor, latest, city) of their ProfileState: a profile,
+        # Profiles by their ProfileState (all of it but `pending`): a profile,
         # with the rankings memoized in it, serves the visitor's pages until they
         # do something new, for at most POPULARITY_CACHE_SECONDS (popular lists
         # and item neighbours, which rankings also read, live as long).
@@ -156,11 +169,11 @@ class Profiles:
         self._cache_lock = threading.Lock()
 
     def state(self, visitor_id: str) -> ProfileState:
-        """The visitor's ProfileState: one round trip, three index lookups."""
+        """The visitor's ProfileState: one round trip, four index lookups."""
         row = self.session.execute(
             STATE, {"visitor": visitor_id, "rows": self.settings.history_rows}
         ).one()
-        return ProfileState(row[0], bool(row[1]), row[2])
+        return ProfileState(row[0], row[1], bool(row[2]), row[3])
 
     def load(
         self, visitor_id: str | None, state: ProfileState | None = None
@@ -169,7 +182,11 @@ class Profiles:
         when this process holds their profile for the same `state`."""
         if not visitor_id:
             return anonymous()
-        key = (visitor_id, state.latest, state.city) if state else None
+        key = (
+            (visitor_id, state.latest, state.affinities_changed, state.city)
+            if state
+            else None
+        )
         if key and self._cache is not None:
             with self._cache_lock:
                 cached = self._cache.get(key)

@@ -306,6 +306,31 @@ def test_a_new_click_changes_the_kept_profile(catalog):
         assert listed.get_json()["items"][0]["id"] == category_id
 
 
+def test_a_search_changes_the_kept_profile(catalog):
+    """A search names no item, but raises its results' categories: the profile
+    a process keeps between pages follows it too, on the very next page."""
+    (first, _), *_, (last, last_category) = procedures(catalog)
+    with catalog.app_context():
+        query = db.session.get(Procedure, last).name
+    browser = Browser(catalog)
+    browser.track(click(first))
+
+    def reasons() -> dict[int, str]:
+        listed = browser.get("/personalization/recommendations/categories?limit=20")
+        return {item["id"]: item["reason"] for item in listed.get_json()["items"]}
+
+    assert reasons().get(last_category) != "affinity"
+    searched = browser.track(
+        {
+            "interaction_type": "search",
+            "target_type": "page",
+            "metadata": {"query": query},
+        }
+    )
+    assert searched.status_code == 202
+    assert reasons()[last_category] == "affinity"
+
+
 # The real site under gunicorn
 
 
