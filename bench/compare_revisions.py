@@ -3,7 +3,8 @@
 - throughput of the personalized home page, a procedure page and tracking
   batches, each served by gunicorn (2 workers, as each tree configures it) in turn, on
   one database, with wrk (16 connections, 127.0.0.1 only);
-- CPU time per page request in process (bench/request_cpu.py);
+- CPU time per page request in process (bench/request_cpu.py), and the
+  aggregator's per tracked batch of 10 clicks (bench/aggregation_cpu.py);
 - with --instructions, instructions per page request counted by valgrind: the
   one figure this noisy machine does not move.
 
@@ -110,6 +111,20 @@ def request_cpu(tree: Path, url: str) -> dict:
     }
 
 
+def aggregation_cpu(tree: Path, url: str) -> dict:
+    """CPU ms the aggregator of one tree spends per batch of 10 clicks, in process
+    (bench/aggregation_cpu.py)."""
+    output = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "aggregation_cpu.py"), str(tree), url],
+        cwd=tree,
+        env={**os.environ, "SECRET_KEY": SECRET},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def instructions(tree: Path, url: str, path: str, requests: int) -> int:
     """Instructions one process executes (valgrind's callgrind) to start the app
     and serve `requests` requests of `path`, in process."""
@@ -186,7 +201,8 @@ def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
             order = list(trees) if round_number % 2 == 0 else list(reversed(trees))
             for name in order:
                 run = measure(trees[name], env, seconds, procedures)
-                runs[name].append(run | request_cpu(trees[name], url))
+                cpu = request_cpu(trees[name], url) | aggregation_cpu(trees[name], url)
+                runs[name].append(run | cpu)
         cases = list(runs["baseline"][0])
         report = {"database": kind, "cases": {}}
         for case in cases:
@@ -222,11 +238,13 @@ def markdown(
         "this checkout's figure over the baseline's, median of the rounds' ratios "
         "(req/s: higher is better).",
         "",
-        "CPU ms rows: CPU time per request in process (Flask's test client, least of "
-        "5 runs of 200); instructions rows (`--instructions`): instructions per "
-        "request counted by valgrind's callgrind (60 requests minus 10, in process), "
-        "which no other load on the machine changes. For both, the ratio is this "
-        "checkout's cost over the baseline's (lower is better).",
+        "CPU ms rows: CPU time per request in process (Flask's test client, least "
+        "of 5 runs of 200), and the aggregator's per batch of 10 clicks (in "
+        "process, least of 3 drains of 1,000 batches); instructions rows "
+        "(`--instructions`): instructions per request counted by valgrind's "
+        "callgrind (60 requests minus 10, in process), which no other load on the "
+        "machine changes. For both, the ratio is this checkout's cost over the "
+        "baseline's (lower is better).",
         "",
         "| database | case | baseline | this checkout | ratio |",
         "|---|---|---|---|---|",
