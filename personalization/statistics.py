@@ -120,13 +120,14 @@ class Affinity:
         if not visitor_ids:
             return set()
         table = UserCategoryAffinity.__table__
-        return set(
-            self.session.execute(
-                select(table.c.user_id, table.c.category_id).where(
-                    table.c.user_id.in_(sorted(visitor_ids))
-                )
-            ).all()
+        rows = self.session.execute(
+            select(table.c.user_id, table.c.category_id).where(
+                table.c.user_id.in_(sorted(visitor_ids))
+            )
         )
+        # Plain tuples: the aggregator looks up a pair per interaction, and a
+        # Row compares itself to a tuple in Python, a tuple in C.
+        return {(visitor_id, category_id) for visitor_id, category_id in rows}
 
     def add(
         self,
