@@ -26,11 +26,11 @@ from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import charts
-from extensions import limiter
 from forms import LoginForm
 from models import AdminUser, db, utcnow
 from personalization.identity import network_of
 from personalization_system import current_system
+from rate_limits import Limit, rate_limited
 from visitor import address_rate_key
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ def username_rate_key() -> str:
 def login_failed(response) -> bool:
     """Only failed logins count toward the limits (a success redirects)."""
     return response.status_code != 302
+
+
+# Failed sign-ins, per client address and per username from anywhere.
+LOGIN_LIMITS = (
+    Limit("ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS", address_rate_key),
+    Limit("ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME", username_rate_key),
+)
 
 
 def safe_next(target: str | None) -> str:
@@ -250,16 +257,7 @@ def login():
 
 
 @admin.post("/login")
-@limiter.limit(
-    lambda: current_app.config["ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS"],
-    key_func=address_rate_key,
-    deduct_when=login_failed,
-)
-@limiter.limit(
-    lambda: current_app.config["ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME"],
-    key_func=username_rate_key,
-    deduct_when=login_failed,
-)
+@rate_limited(*LOGIN_LIMITS, count_when=login_failed)
 def login_post():
     """Check the username and password; on success start a fresh session."""
     form = LoginForm()

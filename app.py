@@ -1,13 +1,11 @@
 """Application factory: configuration, extensions, blueprints, commands, errors."""
 
 import logging
-import math
 import sys
 import time
 
 from flask import Flask, abort, render_template, request
 from flask.sessions import SecureCookieSessionInterface
-from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -18,8 +16,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import personalization_system
 import pictures
 from config import fingerprint_key, normalize_database_url, settings_from_environment
-from extensions import csrf, limiter, migrate
+from extensions import csrf, migrate
 from models import db
+from rate_limits import init_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def create_app(config: dict | None = None) -> Flask:
             ping_idle_connections(db.engine)
     migrate.init_app(app, db, directory=str(app.root_path) + "/migrations")
     csrf.init_app(app)
-    limiter.init_app(app)
+    init_rate_limits(app)
 
     personalization_system.init_app(app)
 
@@ -253,19 +252,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def retry_after(error: HTTPException) -> dict[str, str]:
-    """Retry-After for a request a rate limit refused (none for other errors):
-    the seconds until the breached limit's window starts afresh (one storage
-    read, on refusals only). If the storage cannot say, the whole window."""
-    if not isinstance(error, RateLimitExceeded):
-        return {}
-    seconds = error.limit.limit.get_expiry()
-    breached = limiter.current_limit
-    if breached is not None:
-        try:
-            seconds = breached.window.reset_time - time.time()
-        except Exception as failure:  # the storage failed since the check
-            log.warning("rate limit window unknown: %s", failure.__class__.__name__)
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+    """Retry-After for a request a rate limit refused (rate_limits.py says when
+    its window starts afresh); none for other errors."""
+    seconds = getattr(error, "retry_after", None)
+    return {"Retry-After": str(seconds)} if seconds else {}
 
 
 def register_template_helpers(app: Flask) -> None:

@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+from limits import parse_many
+
 from personalization.settings import SettingsError as ConfigError
 from personalization.settings import checked, checked_weights, tunables
 
@@ -44,6 +46,20 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+def env_rate_limit(name: str, default: str) -> str:
+    """Read a rate limit in the `limits` notation ("5 per hour;20 per day")."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(
+            f'{name} must be limits like "120 per minute;1000 per day", not {raw!r}'
+        ) from None
+    return raw.strip()
 
 
 def env_weights(name: str) -> dict[str, float]:
@@ -148,7 +164,7 @@ def settings_from_environment(instance_path: str) -> dict:
 
 
 def rate_limit_settings() -> dict:
-    """Flask-Limiter's settings: the tracking limits, and where counts live.
+    """The rate limits (rate_limits.py): how many, and where counts live.
 
     memory:// counts per worker process (with N workers the real limit is N times
     the setting), so production sets REDIS_URL. When Redis cannot be reached,
@@ -168,31 +184,25 @@ def rate_limit_settings() -> dict:
         }
         if (os.environ.get("RATELIMIT_STORAGE_URI") or redis_url).startswith("redis")
         else {},
-        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
-        "RATELIMIT_SWALLOW_ERRORS": True,
-        # No X-RateLimit-* headers: writing them read each limit's window from
-        # the storage again on every limited request (a second Redis round trip
-        # per limit). A refusal still says when to retry (app.py, Retry-After).
-        "RATELIMIT_HEADERS_ENABLED": False,
-        "TRACKING_RATE_LIMIT": os.environ.get("TRACKING_RATE_LIMIT", "120 per minute"),
+        "TRACKING_RATE_LIMIT": env_rate_limit("TRACKING_RATE_LIMIT", "120 per minute"),
         # Consultation requests: people ask a few clinics, spammers thousands.
-        "CONSULTATION_RATE_LIMIT": os.environ.get(
+        "CONSULTATION_RATE_LIMIT": env_rate_limit(
             "CONSULTATION_RATE_LIMIT", "5 per hour;20 per day"
         ),
         # Per address, looser: an office or a carrier's NAT is many people.
-        "CONSULTATION_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+        "CONSULTATION_RATE_LIMIT_PER_ADDRESS": env_rate_limit(
             "CONSULTATION_RATE_LIMIT_PER_ADDRESS", "30 per hour;100 per day"
         ),
         # Failed admin logins: per client address, and per username from anywhere
         # (guessing from many addresses is slowed too; successes do not count).
-        "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+        "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS": env_rate_limit(
             "ADMIN_LOGIN_RATE_LIMIT_PER_ADDRESS", "5 per minute;20 per hour"
         ),
-        "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME": os.environ.get(
+        "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME": env_rate_limit(
             "ADMIN_LOGIN_RATE_LIMIT_PER_USERNAME", "10 per hour;50 per day"
         ),
         # Many people can share an address (an office, a carrier's NAT).
-        "TRACKING_RATE_LIMIT_PER_ADDRESS": os.environ.get(
+        "TRACKING_RATE_LIMIT_PER_ADDRESS": env_rate_limit(
             "TRACKING_RATE_LIMIT_PER_ADDRESS", "600 per minute"
         ),
     }

@@ -25,7 +25,6 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalog import all_packages, cities, doctors_page
-from extensions import limiter
 from forms import ConsultationForm
 from models import (
     Category,
@@ -45,6 +44,7 @@ from personalization.experiment import CONTROL
 from personalization.impressions import FEEDBACK_INTERACTIONS
 from personalization.recommenders import ALGORITHMS, HYBRID
 from personalization_system import current_system
+from rate_limits import Limit, rate_limited
 from search import search_catalog
 from visitor import (
     address_rate_key,
@@ -89,6 +89,16 @@ MAX_NEXT_LENGTH = 2048
 CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 # Events one tracking request may carry.
 MAX_BATCH_EVENTS = 50
+# The tracker's endpoints and the consultation form: per visitor (by address for
+# untracked requests) and per address, so dropping the cookie does not escape.
+TRACKER_LIMITS = (
+    Limit("TRACKING_RATE_LIMIT", visitor_rate_key),
+    Limit("TRACKING_RATE_LIMIT_PER_ADDRESS", address_rate_key),
+)
+CONSULTATION_LIMITS = (
+    Limit("CONSULTATION_RATE_LIMIT", visitor_rate_key),
+    Limit("CONSULTATION_RATE_LIMIT_PER_ADDRESS", address_rate_key),
+)
 OPENAPI_SPEC = Path(__file__).with_name("openapi.yaml")
 # Recommendation feedback: its fields, and the shape of a list id.
 # (The "Not interested" form also sends next and csrf_token.)
@@ -300,13 +310,7 @@ CONSULTATION_SUBJECTS = {
 
 
 @web.post("/<any(doctors, procedures, packages):kind>/<slug>/consultation")
-@limiter.limit(
-    lambda: current_app.config["CONSULTATION_RATE_LIMIT"], key_func=visitor_rate_key
-)
-@limiter.limit(
-    lambda: current_app.config["CONSULTATION_RATE_LIMIT_PER_ADDRESS"],
-    key_func=address_rate_key,
-)
+@rate_limited(*CONSULTATION_LIMITS)
 def request_consultation(kind: str, slug: str):
     """Store a consultation request, or show the page again with each error
     next to its field (422, nothing stored)."""
@@ -443,11 +447,7 @@ def local_path(candidate: str | None) -> str:
 
 
 @web.post("/personalization/track-interaction")
-@limiter.limit(lambda: current_app.config["TRACKING_RATE_LIMIT"])
-@limiter.limit(
-    lambda: current_app.config["TRACKING_RATE_LIMIT_PER_ADDRESS"],
-    key_func=address_rate_key,
-)
+@rate_limited(*TRACKER_LIMITS)
 def track_interaction():
     """Store one event or a batch from the tracker; say which were rejected and why."""
     if not request.is_json:
@@ -497,11 +497,7 @@ def unpack_events(payload) -> tuple[list, str | None]:
 
 
 @web.post("/api/recommendations/feedback")
-@limiter.limit(lambda: current_app.config["TRACKING_RATE_LIMIT"])
-@limiter.limit(
-    lambda: current_app.config["TRACKING_RATE_LIMIT_PER_ADDRESS"],
-    key_func=address_rate_key,
-)
+@rate_limited(*TRACKER_LIMITS)
 def recommendation_feedback():
     """A visitor clicked or dismissed a recommended item (JSON, CSRF header)."""
     payload = request.get_json(silent=True)

@@ -93,6 +93,21 @@ def test_bad_values_are_rejected_with_the_setting_named(monkeypatch):
         env_number("RATE", 0.95, float, minimum=0.0, maximum=1.0)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["TRACKING_RATE_LIMIT", "CONSULTATION_RATE_LIMIT_PER_ADDRESS"],
+)
+def test_a_malformed_rate_limit_stops_start_up_naming_it(clean_env, tmp_path, setting):
+    """Not a 500 on the first limited request: the setting is read at start."""
+    clean_env.setenv(setting, "120 a minute")
+    with pytest.raises(ConfigError, match=f"{setting} must be limits like"):
+        settings_from_environment(str(tmp_path))
+    clean_env.setenv(setting, " 5 per minute;20 per hour ")
+    assert (
+        settings_from_environment(str(tmp_path))[setting] == "5 per minute;20 per hour"
+    )
+
+
 def test_secret_key_is_generated_once_and_kept(tmp_path):
     first = load_or_create_secret_key(str(tmp_path))
     second = load_or_create_secret_key(str(tmp_path))

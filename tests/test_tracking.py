@@ -7,7 +7,6 @@ import re
 import pytest
 
 from app import create_app
-from extensions import limiter
 from helpers import Browser, app_config, catalog_id, stored_interactions
 from models import Doctor, Procedure
 from personalization.identity import Identity
@@ -401,15 +400,15 @@ def test_a_refusal_says_to_wait_the_whole_window_when_the_storage_fails(
 ):
     """If the storage cannot say when the window ends (it failed after the
     check), Retry-After is the whole window, and the answer is still a 429."""
-    from flask_limiter import RequestLimit
+    from limits.strategies import FixedWindowRateLimiter
 
-    def unreachable(self):
+    def unreachable(*args):
         raise ConnectionError("storage gone")
 
     app = create_app(app_config(database_url, TRACKING_RATE_LIMIT="1 per hour"))
     visitor = Browser(app)
     assert statuses([visitor]) == [202]
-    monkeypatch.setattr(RequestLimit, "window", property(unreachable))
+    monkeypatch.setattr(FixedWindowRateLimiter, "get_window_stats", unreachable)
     refused = visitor.track(PAGE_VIEW)
     assert refused.status_code == 429
     assert refused.headers["Retry-After"] == "3600"
@@ -483,12 +482,14 @@ def test_workers_share_one_count_in_redis(database_url, catalog, monkeypatch):
     monkeypatch.setenv("REDIS_URL", redis_or_skip())
     settings = settings_from_environment("/nonexistent")
     assert settings["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
+    # One deployment (one prefix), fresh for this test.
+    prefix = f"antidote-test-{secrets.token_hex(4)}"
     workers = [
         create_app(
             app_config(
                 database_url,
                 RATELIMIT_STORAGE_URI=settings["RATELIMIT_STORAGE_URI"],
-                RATELIMIT_KEY_PREFIX=f"antidote-test-{secrets.token_hex(4)}",
+                RATELIMIT_KEY_PREFIX=prefix,
                 TRACKING_RATE_LIMIT="2 per minute",
             )
         )
@@ -500,19 +501,7 @@ def test_workers_share_one_count_in_redis(database_url, catalog, monkeypatch):
     assert statuses([first, second, first]) == [202, 202, 429]
 
 
-@pytest.fixture
-def storage_comes_back():
-    """Flask-Limiter's limiter is one object for every app a test process
-    creates (a server process has one app): once this test has killed its
-    storage, the next app must not start with it marked dead, counting in the
-    fallback until a backend check flips it back midway."""
-    yield
-    limiter._storage_dead = False  # Flask-Limiter's own flag; it has no reset
-
-
-def test_tracking_keeps_working_when_redis_is_down(
-    database_url, catalog, caplog, storage_comes_back
-):
+def test_tracking_keeps_working_when_redis_is_down(database_url, catalog, caplog):
     app = create_app(
         app_config(
             database_url,
@@ -526,6 +515,53 @@ def test_tracking_keeps_working_when_redis_is_down(
     assert "Rate limit storage unreachable" in caplog.text
     # Limits still hold, per process, until Redis is back.
     assert statuses([visitor]) == [429]
+
+
+def test_counting_goes_back_to_redis_once_it_answers_again(
+    database_url, catalog, caplog, monkeypatch
+):
+    """After a failure, each process counts in its memory for
+    STORAGE_RETRY_SECONDS, then tries the shared storage again."""
+    import rate_limits
+
+    app = create_app(app_config(database_url, TRACKING_RATE_LIMIT="3 per minute"))
+    counters = app.extensions[rate_limits.EXTENSION]
+    shared = counters.shared
+    failures = []
+
+    class Flaky:
+        """The shared storage, down for its first call."""
+
+        def hit(self, *args):
+            if not failures:
+                failures.append(args)
+                raise ConnectionError("Redis is restarting")
+            return shared.hit(*args)
+
+        def __getattr__(self, name):
+            return getattr(shared, name)
+
+    counters.shared = Flaky()
+    visitor = Browser(app)
+    assert statuses([visitor]) == [202]  # counted in memory
+    assert "Rate limit storage unreachable (ConnectionError)" in caplog.text
+    assert statuses([visitor]) == [202]  # still in memory: not retried yet
+    assert len(failures) == 1
+    monkeypatch.setattr(counters, "shared_down_until", 0.0)  # the retry time
+    # Back on the shared storage, which has not seen this visitor yet.
+    assert statuses([visitor] * 4) == [202, 202, 202, 429]
+
+
+def test_pages_never_touch_the_rate_limit_storage(database_url, catalog, caplog):
+    """Only limited endpoints count: a dead Redis costs a page nothing, not
+    even a timeout."""
+    app = create_app(
+        app_config(database_url, RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0")
+    )
+    visitor = Browser(app)
+    for path in ("/", "/procedures/botox", "/search?q=lips"):
+        assert visitor.get(path).status_code == 200
+    assert "Rate limit storage unreachable" not in caplog.text
 
 
 def test_engaged_time_is_stored_against_the_page_item(catalog, browser):
