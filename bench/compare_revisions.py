@@ -86,25 +86,24 @@ def measure(tree: Path, env: dict, seconds: int, procedures: list[int]) -> dict:
     }
 
 
-def request_cpu(tree: Path, url: str) -> dict:
-    """CPU ms per request of the two pages, in process, for one tree."""
+def bench_script(script: str, tree: Path, *args: str) -> dict:
+    """Run a bench/ script against one tree, in that tree's folder; its last line
+    of output, JSON."""
     output = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "request_cpu.py"),
-            str(tree),
-            url,
-            cookie_of(VISITOR).split("=", 1)[1],
-            "/",
-            "/procedures/botox",
-        ],
+        [sys.executable, str(ROOT / "bench" / script), str(tree), *args],
         cwd=tree,
         env={**os.environ, "SECRET_KEY": SECRET},
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    cpu = json.loads(output.strip().splitlines()[-1])
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def request_cpu(tree: Path, url: str) -> dict:
+    """CPU ms per request of the two pages, in process, for one tree."""
+    cookie = cookie_of(VISITOR).split("=", 1)[1]
+    cpu = bench_script("request_cpu.py", tree, url, cookie, "/", "/procedures/botox")
     return {
         "home page CPU ms": cpu["/"],
         "procedure page CPU ms": cpu["/procedures/botox"],
@@ -114,15 +113,7 @@ def request_cpu(tree: Path, url: str) -> dict:
 def aggregation_cpu(tree: Path, url: str) -> dict:
     """CPU ms the aggregator of one tree spends per batch of 10 clicks, in process
     (bench/aggregation_cpu.py)."""
-    output = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "aggregation_cpu.py"), str(tree), url],
-        cwd=tree,
-        env={**os.environ, "SECRET_KEY": SECRET},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return bench_script("aggregation_cpu.py", tree, url)
 
 
 def instructions(tree: Path, url: str, path: str, requests: int) -> int:
