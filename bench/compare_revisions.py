@@ -217,6 +217,11 @@ def compare(kind: str, baseline: Path, rounds: int, seconds: int) -> dict:
         cleanup()
 
 
+def figure(value: float) -> str:
+    """A measured figure: req/s to a tenth, sub-millisecond costs to a hundredth."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def markdown(
     reports: list[dict], revision: str, rounds: int, seconds: int, instructions: bool
 ) -> str:
@@ -243,8 +248,8 @@ def markdown(
     for report in reports:
         for case, row in report["cases"].items():
             lines.append(
-                f"| {report['database']} | {case} | {row['baseline']:.1f} | "
-                f"{row['this_checkout']:.1f} | {row['ratio']:.2f} |"
+                f"| {report['database']} | {case} | {figure(row['baseline'])} | "
+                f"{figure(row['this_checkout'])} | {row['ratio']:.2f} |"
             )
     return "\n".join(lines)
 
