@@ -60,7 +60,6 @@ class RateLimits:
 
     def __init__(self, config):
         self.config = config
-        self.enabled = config.get("RATELIMIT_ENABLED", True)
         self.prefix = config.get("RATELIMIT_KEY_PREFIX", "")
         storage = storage_from_string(
             config["RATELIMIT_STORAGE_URI"], **config["RATELIMIT_STORAGE_OPTIONS"]
@@ -106,8 +105,6 @@ class RateLimits:
         """Count this request against each limit (or, with count=False, only
         check there is room for it); raise RateLimited at the first that is
         spent."""
-        if not self.enabled:
-            return
         spent = self.first_spent(limits, "hit" if count else "test")
         if spent:
             raise RateLimited(spent[0], self.retry_after(*spent))
@@ -115,8 +112,7 @@ class RateLimits:
     def count(self, limits: tuple[Limit, ...]) -> None:
         """Count this request against each limit, without refusing it: it has
         been answered (see rate_limited's count_when)."""
-        if self.enabled:
-            self.first_spent(limits, "hit")
+        self.first_spent(limits, "hit")
 
     def first_spent(self, limits: tuple[Limit, ...], question: str) -> tuple | None:
         """Ask each limit in turn; the first spent one (item, identifiers), if
